@@ -1,0 +1,59 @@
+"""POST/GET /jobs, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+
+from app.api.deps import SessionDep
+from app.models import Job
+from app.schemas import CheckpointOut, EpochOut, JobCreate, JobDetail, JobSummary, Page
+from app.services import jobs as service
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def to_detail(session: SessionDep, job: Job) -> JobDetail:
+    best = service.best_checkpoint(session, job)
+    summary = JobSummary.model_validate(job)
+    return JobDetail(
+        **summary.model_dump(),
+        config=job.config,
+        cancel_requested=job.cancel_requested,
+        epochs=[EpochOut.model_validate(e) for e in job.epochs],
+        best_checkpoint=CheckpointOut.model_validate(best) if best else None,
+        val_metrics=job.val_metrics,
+        test_metrics=job.test_metrics,
+        model_version=service.job_version(session, job),
+    )
+
+
+@router.post("", status_code=202, response_model=JobDetail, summary="Start a fine-tuning job")
+def create_job(body: JobCreate, session: SessionDep, request: Request) -> JobDetail:
+    """Validate and queue a job; a worker picks it up. Poll GET /jobs/{id} for its epochs."""
+    job = service.submit_job(session, body, request.app.state.enqueue)
+    return to_detail(session, job)
+
+
+@router.get("", response_model=Page[JobSummary])
+def list_jobs(
+    session: SessionDep,
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[JobSummary]:
+    rows, total = service.list_jobs(session, status, limit, offset)
+    return Page(items=[JobSummary.model_validate(j) for j in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobDetail)
+def get_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
+    return to_detail(session, service.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobDetail)
+def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
+    """Cancel a queued job now, or stop a running one within a batch."""
+    return to_detail(session, service.cancel_job(session, job_id))

@@ -1,0 +1,65 @@
+"""The `visiontune` command: run (embedded), api, worker, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="visiontune", description="Fine-tune and serve image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="everything on this machine: SQLite, embedded Redis, a worker, the API")
+    run.add_argument("--host", default=None)
+    run.add_argument("--port", type=int, default=None)
+    run.add_argument(
+        "--redis-port", type=int, default=None, help="port of the embedded Redis (default: free)"
+    )
+    api = sub.add_parser("api", help="the HTTP API (uvicorn)")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+    api.add_argument("--workers", type=int, default=1)
+    sub.add_parser("worker", help="one Celery training worker per visible GPU (one on CPU without GPUs)")
+    proc = sub.add_parser("worker-process", help="a single Celery worker (started by `worker`)")
+    proc.add_argument("--name", default="cpu")
+    sub.add_parser("migrate", help="alembic upgrade head on the configured database")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.config import get_settings
+
+    settings = get_settings()
+    if args.command in ("run", "api"):
+        if args.host:
+            settings.host = args.host
+        if args.port:
+            settings.port = args.port
+    if args.command == "run":
+        from app.embedded import run_embedded
+
+        return run_embedded(settings, args.redis_port)
+    if args.command == "api":
+        import uvicorn
+
+        uvicorn.run(
+            "app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=args.workers
+        )
+        return 0
+    if args.command == "worker":
+        from worker.launch import supervise, visible_gpus, worker_commands
+
+        return supervise(worker_commands(visible_gpus()))
+    if args.command == "worker-process":
+        from worker.launch import run_worker_process
+
+        run_worker_process(args.name)
+        return 0
+    from app.migrate import upgrade
+
+    upgrade(settings.resolved_database_url())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

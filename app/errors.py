@@ -1,0 +1,62 @@
+"""Expected failures, each with its HTTP status; one handler renders them as {"error": {...}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VisiontuneError(Exception):
+    """Base of every expected failure; never a 500."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class NotFound(VisiontuneError):
+    status_code = 404
+    code = "not_found"
+
+
+class Forbidden(VisiontuneError):
+    status_code = 403
+    code = "forbidden"
+
+
+class Conflict(VisiontuneError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(VisiontuneError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(VisiontuneError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidInput(VisiontuneError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class InvalidDataset(InvalidInput):
+    code = "invalid_dataset"
+
+
+class NoModelAvailable(VisiontuneError):
+    status_code = 409
+    code = "no_model_available"

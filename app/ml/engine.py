@@ -1,0 +1,239 @@
+"""The inner loops: one training epoch, evaluation and feature extraction, on an explicit device."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from app.ml.backbones import Preprocessing
+from app.ml.metrics import MetricAccumulator
+from app.ml.transforms import normalize_batch
+
+
+class TrainingStopped(Exception):
+    """should_stop() said so between two batches (cancellation, lost lease, shutdown)."""
+
+
+@dataclass
+class DeviceSetup:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = True
+
+    @classmethod
+    def for_device(cls, name: str | None = None) -> DeviceSetup:
+        """CUDA with bf16 (or fp16) autocast when present, else CPU in fp32."""
+        if name is None:
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(name)
+        amp: torch.dtype | None = None
+        if device.type == "cuda":
+            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device=device, amp_dtype=amp)
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def needs_scaler(self) -> bool:
+        return self.amp_dtype == torch.float16
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except BatchNorm layers whose parameters are frozen keep their running statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters(False)):
+            module.eval()
+
+
+def _prepare(images: torch.Tensor, setup: DeviceSetup, prep: Preprocessing) -> torch.Tensor:
+    non_blocking = setup.device.type == "cuda"
+    x = images.to(setup.device, non_blocking=non_blocking)
+    x = normalize_batch(x, prep.mean, prep.std)
+    if setup.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: nn.Module,
+    setup: DeviceSetup,
+    prep: Preprocessing,
+    should_stop: Callable[[], bool] = lambda: False,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float | None = None,
+) -> EpochStats:
+    """One pass over loader; raises TrainingStopped as soon as should_stop() turns true."""
+    set_train_mode(model)
+    start = time.perf_counter()
+    loss_sum = 0.0
+    correct = 0
+    seen = 0
+    for images, targets in loader:
+        if should_stop():
+            raise TrainingStopped
+        x = _prepare(images, setup, prep)
+        y = targets.to(setup.device, non_blocking=setup.device.type == "cuda")
+        with setup.autocast():
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = len(y)
+        loss_sum += float(loss.detach()) * n
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += n
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize(setup.device)
+    return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    setup: DeviceSetup,
+    prep: Preprocessing,
+    num_classes: int,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> MetricAccumulator:
+    """Loss, accuracy and confusion matrix of model over loader."""
+    model.eval()
+    acc = MetricAccumulator(num_classes)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    for images, targets in loader:
+        if should_stop():
+            raise TrainingStopped
+        x = _prepare(images, setup, prep)
+        y = targets.to(setup.device)
+        with setup.autocast():
+            logits = model(x)
+        logits = logits.float()
+        acc.update(logits, y, float(loss_fn(logits, y)))
+    return acc
+
+
+@torch.inference_mode()
+def extract_features(
+    model: nn.Module,
+    head: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    setup: DeviceSetup,
+    prep: Preprocessing,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs the head receives for every image of loader (and the labels), computed once."""
+    model.eval()
+    captured: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+
+    def grab(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        captured.append(args[0].float())
+
+    handle = head.register_forward_pre_hook(grab)
+    try:
+        for images, targets in loader:
+            if should_stop():
+                raise TrainingStopped
+            with setup.autocast():
+                model(_prepare(images, setup, prep))
+            labels.append(targets.to(setup.device))
+    finally:
+        handle.remove()
+    return torch.cat(captured), torch.cat(labels)
+
+
+def feature_batches(
+    features: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Minibatches of cached features, shuffled when a generator is given."""
+    n = len(labels)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order = order.to(features.device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield features[idx], labels[idx]
+
+
+def train_head_epoch(
+    head: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: nn.Module,
+    batch_size: int,
+    generator: torch.Generator,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> EpochStats:
+    """One epoch of the head alone on cached backbone features."""
+    head.train()
+    start = time.perf_counter()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in feature_batches(features, labels, batch_size, generator):
+        if should_stop():
+            raise TrainingStopped
+        logits = head(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += len(y)
+    return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def evaluate_head(
+    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int = 1024
+) -> MetricAccumulator:
+    """Metrics of the head on cached features."""
+    head.eval()
+    acc = MetricAccumulator(num_classes)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    for x, y in feature_batches(features, labels, batch_size, None):
+        logits = head(x).float()
+        acc.update(logits, y, float(loss_fn(logits, y)))
+    return acc

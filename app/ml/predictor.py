@@ -1,0 +1,91 @@
+"""A checkpoint loaded for inference: preprocessing from its metadata, top-k labels with probabilities."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.ml.backbones import Preprocessing, build_model
+from app.ml.checkpoint import load_checkpoint
+from app.ml.transforms import eval_transform, normalize_batch
+
+
+class LoadedModel:
+    """A classifier ready to answer: weights, class names and the preprocessing it was trained with."""
+
+    def __init__(self, state: dict[str, torch.Tensor], metadata: dict[str, Any], device: str = "cpu") -> None:
+        self.metadata = metadata
+        self.class_names: list[str] = metadata["class_names"]
+        self.arch: str = metadata["arch"]
+        self.image_size: int = int(metadata["image_size"])
+        self.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
+        self.device = torch.device(device)
+        built = build_model(self.arch, len(self.class_names), "none")
+        built.model.load_state_dict(state)
+        self.model = built.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.transform = eval_transform(self.image_size, self.preprocessing.interpolation)
+
+    @classmethod
+    def from_file(cls, path: Path, sha256: str | None = None, device: str = "cpu") -> LoadedModel:
+        state, metadata = load_checkpoint(path, sha256)
+        return cls(state, metadata, device)
+
+    @torch.inference_mode()
+    def predict(self, images: list[Image.Image], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each image, the top_k (label, probability) pairs, most likely first."""
+        batch = torch.stack(
+            [
+                self.transform(
+                    torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+                )
+                for img in images
+            ]
+        )
+        x = normalize_batch(batch.to(self.device), self.preprocessing.mean, self.preprocessing.std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        probs = torch.softmax(self.model(x).float(), dim=1).cpu()
+        k = min(top_k, len(self.class_names))
+        values, indices = probs.topk(k, dim=1)
+        return [
+            [(self.class_names[int(i)], float(v)) for v, i in zip(row_v, row_i, strict=True)]
+            for row_v, row_i in zip(values, indices, strict=True)
+        ]
+
+
+class ModelCache:
+    """Loaded checkpoints by id, least recently used evicted; loads happen once even under concurrency."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, key: str, load: Callable[[], LoadedModel]) -> LoadedModel:
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            model = load()
+            with self._lock:
+                self._models[key] = model
+                self._models.move_to_end(key)
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+                self._loading.pop(key, None)
+            return model
+
+    def __len__(self) -> int:
+        return len(self._models)

@@ -1,0 +1,42 @@
+"""Per-image transforms on uint8 tensors, and normalisation done per batch on the training device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+
+
+def eval_transform(
+    image_size: int, interpolation: str = "bilinear"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Shorter side to image_size, then the centre square: deterministic, for validation, test and serving."""
+    mode = _INTERPOLATION.get(interpolation, InterpolationMode.BILINEAR)
+    return v2.Compose([v2.Resize(image_size, interpolation=mode, antialias=True), v2.CenterCrop(image_size)])
+
+
+def train_transform(
+    image_size: int, interpolation: str = "bilinear", augment: bool = True
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Random resized crop and horizontal flip (or the eval transform when augment is off)."""
+    if not augment:
+        return eval_transform(image_size, interpolation)
+    mode = _INTERPOLATION.get(interpolation, InterpolationMode.BILINEAR)
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), interpolation=mode, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
+
+
+def normalize_batch(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 N×C×H×W to normalised floats; done on the device so only bytes cross the bus."""
+    m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255.0
+    return (images.to(dtype) - m) / s

@@ -1,0 +1,146 @@
+"""The SQL schema: datasets, jobs, epochs, checkpoints, registered models and their versions."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+
+TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(20))  # imagefolder | cifar10
+    source: Mapped[str] = mapped_column(String(20))  # upload | local
+    path: Mapped[str] = mapped_column(Text)  # root the manifest's relative paths start from
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    split_counts: Mapped[dict[str, dict[str, int]]] = mapped_column(JSON)  # split -> class -> images
+    num_images: Mapped[int] = mapped_column(Integer)
+    invalid_files: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
+    model_name: Mapped[str] = mapped_column(String(100), index=True)
+    arch: Mapped[str] = mapped_column(String(200))
+    weights: Mapped[str] = mapped_column(Text)
+    strategy: Mapped[str] = mapped_column(String(20))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # the whole validated request
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued, index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    val_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    dataset: Mapped[Dataset] = relationship()
+    epochs: Mapped[list[Epoch]] = relationship(order_by="Epoch.epoch", cascade="all, delete-orphan")
+    checkpoints: Mapped[list[Checkpoint]] = relationship(
+        order_by="Checkpoint.epoch", cascade="all, delete-orphan"
+    )
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_epochs_job_id_epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_accuracy: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    learning_rate: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    images_per_second: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_checkpoints_job_id_epoch"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    is_best: Mapped[bool] = mapped_column(Boolean, default=False)
+    pruned: Mapped[bool] = mapped_column(Boolean, default=False)  # file removed: neither best nor latest
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RegisteredModel(Base):
+    __tablename__ = "registered_models"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    pinned_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    versions: Mapped[list[ModelVersion]] = relationship(order_by="ModelVersion.version")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_name", "version", name="uq_model_versions_model_name_version"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    model_name: Mapped[str] = mapped_column(ForeignKey("registered_models.name", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    checkpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"))
+    arch: Mapped[str] = mapped_column(String(200))
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    checkpoint: Mapped[Checkpoint] = relationship()

@@ -1,0 +1,116 @@
+"""Job use-cases: submit (validate, store, enqueue after commit), list, fetch, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db import after_commit
+from app.errors import Conflict, InvalidInput, NotFound
+from app.ml.backbones import count_stages, known_architecture
+from app.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, JobStatus, ModelVersion
+from app.schemas import JobCreate
+
+Enqueue = Callable[[uuid.UUID], None]
+
+
+def validate_job_request(session: Session, req: JobCreate) -> Dataset:
+    """422 for anything that cannot run: missing dataset, unknown architecture or weights, bad stage count."""
+    dataset = session.get(Dataset, req.dataset_id)
+    if dataset is None:
+        raise InvalidInput(f"dataset {req.dataset_id} does not exist; upload one with POST /datasets")
+    if not known_architecture(req.arch):
+        raise InvalidInput(
+            f"unknown architecture {req.arch!r}: use resnet18, resnet34, resnet50, mobilenet_v3_large, "
+            "efficientnet_b0, convnext_tiny, vit_b_16, efficientnet_lite0 or timm/<model name>"
+        )
+    if req.weights not in ("imagenet", "none"):
+        if not Path(req.weights).is_file():
+            raise InvalidInput(
+                f"weights must be 'imagenet', 'none' or a weights file on the server; {req.weights!r} is none"
+            )
+    if req.strategy == "partial":
+        stages = count_stages(req.arch)
+        if req.unfreeze_stages > stages:
+            raise InvalidInput(
+                f"unfreeze_stages={req.unfreeze_stages} but {req.arch} has {stages} stages; "
+                f"use 1..{stages} (or strategy 'full')"
+            )
+    train_counts = dataset.split_counts.get("train", {})
+    if "val" not in dataset.split_counts and req.val_fraction > 0:
+        if sum(1 for n in train_counts.values() if n >= 2) < 2:
+            raise InvalidInput("too few training images per class to hold out a validation split")
+    return dataset
+
+
+def submit_job(session: Session, req: JobCreate, enqueue: Enqueue) -> Job:
+    """Store a queued job and enqueue its task once the row is committed."""
+    validate_job_request(session, req)
+    config = req.model_dump(mode="json")
+    job = Job(
+        dataset_id=req.dataset_id,
+        model_name=req.model_name,
+        arch=req.arch,
+        weights=req.weights,
+        strategy=req.strategy,
+        config=config,
+        status=JobStatus.queued,
+    )
+    session.add(job)
+    session.flush()
+    job_id = job.id
+    after_commit(session, lambda: enqueue(job_id))
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return job
+
+
+def list_jobs(session: Session, status: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+        count = count.where(Job.status == status)
+    total = session.scalar(count) or 0
+    rows = session.scalars(query.order_by(Job.created_at.desc()).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+    """Cancel a queued job at once; ask a running one to stop (its worker ends it within a batch)."""
+    job = get_job(session, job_id)
+    now = datetime.now(UTC)
+    # Conditional updates: the worker may claim or finish the job between our read and our write.
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.canceled, cancel_requested=True, finished_at=now, error="canceled by request"
+        )
+    ).rowcount
+    if not done:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
+        )
+    session.refresh(job)
+    if job.status in TERMINAL_STATUSES and not done and job.status != JobStatus.canceled:
+        raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be canceled")
+    return job
+
+
+def best_checkpoint(session: Session, job: Job) -> Checkpoint | None:
+    return session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.is_best.is_(True)))
+
+
+def job_version(session: Session, job: Job) -> int | None:
+    return session.scalar(select(ModelVersion.version).where(ModelVersion.job_id == job.id))

@@ -1,0 +1,86 @@
+"""Fixtures on real servers: a fresh PostgreSQL database per test session, SQLite files, the local Redis."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from app.migrate import upgrade
+
+PG_ADMIN_URL = os.environ.get("VISIONTUNE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("VISIONTUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def _pg_admin():
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A new PostgreSQL database on the local server, migrated to head, dropped afterwards."""
+    name = f"visiontune_test_{uuid.uuid4().hex[:10]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    url = f"{base}/{name}"
+    upgrade(url)
+    yield url
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs on a migrated SQLite file and on the PostgreSQL test database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'visiontune.db'}"
+        upgrade(url)
+        return url
+    return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        broker_url=f"{REDIS_URL}/0",
+        queue=f"test-{uuid.uuid4().hex[:8]}",
+        dataset_root=tmp_path / "server-datasets",
+        lease_seconds=30,
+    )
+
+
+class Enqueued(list[uuid.UUID]):
+    """Records job ids the API enqueued (tests run the runner themselves)."""
+
+
+@pytest.fixture
+def enqueued() -> Enqueued:
+    return Enqueued()
+
+
+@pytest.fixture
+def client(settings: Settings, enqueued: Enqueued) -> Iterator[TestClient]:
+    app = create_app(settings, enqueue=enqueued.append)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c

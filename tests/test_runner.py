@@ -1,0 +1,73 @@
+"""The runner trains a real job in-process against real SQL and serves it through /predict."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from app.db import make_engine, make_sessionmaker
+from app.models import Checkpoint, Epoch
+from tests.factories import cifar_imagefolder_zip
+from worker.runner import JobRunner
+
+
+def upload(client: TestClient, path: Path, **form: str) -> dict:
+    with path.open("rb") as f:
+        r = client.post("/datasets", files={"file": (path.name, f, "application/zip")}, data=form)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def run_enqueued(settings, enqueued) -> list[str]:
+    engine = make_engine(settings.resolved_database_url())
+    runner = JobRunner(settings, make_sessionmaker(engine), worker_id="test")
+    outcomes = [runner.run(job_id) for job_id in enqueued]
+    enqueued.clear()
+    engine.dispose()
+    return outcomes
+
+
+def test_job_trains_records_epochs_and_serves_best(client, settings, enqueued, tmp_path):
+    extra = cifar_imagefolder_zip(tmp_path / "ds.zip", train_per_class=40, test_per_class=15)
+    ds = upload(client, tmp_path / "ds.zip", name="three-classes")
+    assert ds["split_counts"]["test"] == {"airplane": 15, "automobile": 15, "frog": 15}
+    name = f"m-{uuid.uuid4().hex[:6]}"
+    body = {"dataset_id": ds["id"], "model_name": name, "arch": "efficientnet_lite0", "strategy": "linear",
+            "epochs": 3, "image_size": 64, "batch_size": 16, "learning_rate": 0.01, "val_fraction": 0.25}
+    r = client.post("/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and enqueued == [uuid.UUID(job["id"])]
+
+    assert run_enqueued(settings, enqueued) == ["succeeded"]
+    job = client.get(f"/jobs/{job['id']}").json()
+    assert job["status"] == "succeeded", job["error"]
+    assert [e["epoch"] for e in job["epochs"]] == [1, 2, 3]
+    assert job["best_checkpoint"]["epoch"] == job["best_epoch"]
+    assert job["test_metrics"]["count"] == 45
+    assert job["test_metrics"]["accuracy"] > 0.5
+    assert len(job["test_metrics"]["confusion_matrix"]) == 3
+    assert job["model_version"] == 1
+
+    engine = make_engine(settings.resolved_database_url())
+    with make_sessionmaker(engine)() as s:
+        ckpts = s.query(Checkpoint).filter_by(job_id=uuid.UUID(job["id"])).all()
+        assert len(ckpts) == 3 and sum(c.is_best for c in ckpts) == 1
+        kept = [c for c in ckpts if not c.pruned]
+        assert all(Path(c.path).exists() for c in kept)
+        assert all(not Path(c.path).exists() for c in ckpts if c.pruned)
+        assert s.query(Epoch).filter_by(job_id=uuid.UUID(job["id"])).count() == 3
+    engine.dispose()
+
+    images = extra["heldout"][:30]
+    files = [("files", (f"img{i}.png", io.BytesIO(data), "image/png")) for i, (data, _) in enumerate(images)]
+    r = client.post("/predict", files=files, data={"model": name, "top_k": "2"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["version"] == 1 and out["model_name"] == name
+    assert all(len(p["top"]) == 2 for p in out["predictions"])
+    correct = sum(p["top"][0]["label"] == label for p, (_, label) in zip(out["predictions"], images, strict=True))
+    assert correct / len(images) > 0.5  # three classes: chance is a third

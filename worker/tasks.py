@@ -1,0 +1,28 @@
+"""Thin Celery tasks: take a job id, hand it to the runner."""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from worker.celery_app import TRAIN_TASK
+
+
+def register_tasks(celery: Celery) -> None:
+    """Attach the training task to celery."""
+
+    @celery.task(name=TRAIN_TASK)
+    def train_job(job_id: str) -> str:
+        from worker.runner import get_runner
+
+        return get_runner().run(uuid.UUID(job_id))
+
+
+@worker_process_init.connect
+def _fresh_child(**_kwargs: object) -> None:
+    # Each pool child makes its own engine (sockets must not be shared across fork).
+    from worker.runner import reset_runner
+
+    reset_runner()
