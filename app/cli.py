@@ -13,9 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="everything on this machine: SQLite, embedded Redis, a worker, the API")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
-    run.add_argument(
-        "--redis-port", type=int, default=None, help="port of the embedded Redis (default: free)"
-    )
+    run.add_argument("--redis-port", type=int, default=None, help="port of the embedded Redis (default: free)")
     api = sub.add_parser("api", help="the HTTP API (uvicorn)")
     api.add_argument("--host", default=None)
     api.add_argument("--port", type=int, default=None)
@@ -42,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "api":
         import uvicorn
 
-        uvicorn.run(
-            "app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=args.workers
-        )
+        uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=args.workers)
         return 0
     if args.command == "worker":
         from worker.launch import supervise, visible_gpus, worker_commands

@@ -15,9 +15,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VISIONTUNE_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(default=Path("./var"), description="Datasets, checkpoints and the SQLite file")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; SQLite under data_dir if unset"
-    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under data_dir if unset")
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (Redis)")
     queue: str = Field(default="training", description="Celery queue the training tasks go to")
     dataset_root: Path | None = Field(
@@ -27,9 +25,7 @@ class Settings(BaseSettings):
     max_extracted_bytes: int = Field(default=16 * 1024**3, description="Largest unpacked dataset accepted")
     max_predict_images: int = Field(default=64, description="Most images in one /predict request")
     max_predict_image_bytes: int = Field(default=20 * 1024**2, description="Largest image /predict accepts")
-    lease_seconds: float = Field(
-        default=60.0, description="How long a worker's claim on a job lasts unrenewed"
-    )
+    lease_seconds: float = Field(default=60.0, description="How long a worker's claim on a job lasts unrenewed")
     predict_device: str = Field(default="cpu", description="Device the API process serves /predict on")
     torch_threads: int | None = Field(default=None, description="Intra-op threads for training/serving")
     host: str = "127.0.0.1"

@@ -72,9 +72,7 @@ def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         except redis.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(
-                    f"embedded redis-server did not start; see {redis_dir / 'redis.log'}"
-                ) from None
+                raise RuntimeError(f"embedded redis-server did not start; see {redis_dir / 'redis.log'}") from None
             time.sleep(0.05)
 
 
@@ -114,9 +112,7 @@ def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
         ],
         {},
     )
-    print(
-        f"visiontune: API on http://{settings.host}:{settings.port}  data in {settings.data_dir}", flush=True
-    )
+    print(f"visiontune: API on http://{settings.host}:{settings.port}  data in {settings.data_dir}", flush=True)
     try:
         # One CPU worker (or one per GPU), plus the API; if either dies the whole service stops.
         return supervise([*worker_commands(_gpus()), api], restart=False)

@@ -72,9 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", "internal error; see the server log")
 
 
-def create_app(
-    settings: Settings | None = None, enqueue: Callable[[uuid.UUID], None] | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None, enqueue: Callable[[uuid.UUID], None] | None = None) -> FastAPI:
     """The API. `enqueue` defaults to sending a Celery task to settings.broker_url."""
     settings = settings or get_settings()
 

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Integer,
@@ -21,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base
+from app.db import Base, UTCDateTime
 
 
 def utcnow() -> datetime:
@@ -51,7 +50,7 @@ class Dataset(Base):
     split_counts: Mapped[dict[str, dict[str, int]]] = mapped_column(JSON)  # split -> class -> images
     num_images: Mapped[int] = mapped_column(Integer)
     invalid_files: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Job(Base):
@@ -67,22 +66,20 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued, index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     val_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     dataset: Mapped[Dataset] = relationship()
     epochs: Mapped[list[Epoch]] = relationship(order_by="Epoch.epoch", cascade="all, delete-orphan")
-    checkpoints: Mapped[list[Checkpoint]] = relationship(
-        order_by="Checkpoint.epoch", cascade="all, delete-orphan"
-    )
+    checkpoints: Mapped[list[Checkpoint]] = relationship(order_by="Checkpoint.epoch", cascade="all, delete-orphan")
 
 
 class Epoch(Base):
@@ -100,7 +97,7 @@ class Epoch(Base):
     learning_rate: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     images_per_second: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Checkpoint(Base):
@@ -116,7 +113,7 @@ class Checkpoint(Base):
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False)
     pruned: Mapped[bool] = mapped_column(Boolean, default=False)  # file removed: neither best nor latest
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class RegisteredModel(Base):
@@ -124,7 +121,7 @@ class RegisteredModel(Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     pinned_version: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     versions: Mapped[list[ModelVersion]] = relationship(order_by="ModelVersion.version")
 
@@ -141,6 +138,6 @@ class ModelVersion(Base):
     arch: Mapped[str] = mapped_column(String(200))
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     checkpoint: Mapped[Checkpoint] = relationship()

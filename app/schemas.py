@@ -57,9 +57,7 @@ class JobCreate(BaseModel):
         description="resnet18|resnet34|resnet50|mobilenet_v3_large|efficientnet_b0|convnext_tiny|vit_b_16|"
         "efficientnet_lite0|timm/<name>",
     )
-    weights: str = Field(
-        default="imagenet", description="'imagenet', 'none', or a weights file on the server"
-    )
+    weights: str = Field(default="imagenet", description="'imagenet', 'none', or a weights file on the server")
     strategy: Literal["linear", "partial", "full"] = Field(
         default="linear",
         description="linear: frozen backbone (features cached, no augmentation); partial: the last "
@@ -78,13 +76,9 @@ class JobCreate(BaseModel):
     grad_clip: float | None = Field(default=None, gt=0)
     image_size: int = Field(default=224, ge=16, le=1024)
     augment: bool = Field(default=True, description="Random resized crop + flip (ignored by linear)")
-    val_fraction: float = Field(
-        default=0.1, ge=0, le=0.5, description="Held out of train when there is no val"
-    )
+    val_fraction: float = Field(default=0.1, ge=0, le=0.5, description="Held out of train when there is no val")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    num_workers: int | None = Field(
-        default=None, ge=0, le=64, description="DataLoader workers; auto if unset"
-    )
+    num_workers: int | None = Field(default=None, ge=0, le=64, description="DataLoader workers; auto if unset")
 
 
 class EpochOut(BaseModel):

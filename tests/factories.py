@@ -14,9 +14,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_DIR = Path(
-    os.environ.get(
-        "VISIONTUNE_TEST_CIFAR", REPO.parent / "shared" / "data" / "cifar10-subset" / "cifar-10-batches-py"
-    )
+    os.environ.get("VISIONTUNE_TEST_CIFAR", REPO.parent / "shared" / "data" / "cifar10-subset" / "cifar-10-batches-py")
 )
 
 
@@ -80,7 +78,10 @@ def color_images_zip(path: Path, layout: dict[str, int], size: int = 24, extra: 
 
 def cifar_python_archive(path: Path, kind: str = "zip", batches: tuple[str, ...] | None = None) -> Path:
     """The shared cifar-10-batches-py folder as a .zip or .tar.gz (all batches unless named)."""
-    names = ["batches.meta", *(batches or ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "test_batch"))]
+    names = [
+        "batches.meta",
+        *(batches or ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "test_batch")),
+    ]
     if kind == "zip":
         with zipfile.ZipFile(path, "w") as zf:
             for n in names:

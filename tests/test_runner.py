@@ -35,8 +35,17 @@ def test_job_trains_records_epochs_and_serves_best(client, settings, enqueued, t
     ds = upload(client, tmp_path / "ds.zip", name="three-classes")
     assert ds["split_counts"]["test"] == {"airplane": 15, "automobile": 15, "frog": 15}
     name = f"m-{uuid.uuid4().hex[:6]}"
-    body = {"dataset_id": ds["id"], "model_name": name, "arch": "efficientnet_lite0", "strategy": "linear",
-            "epochs": 3, "image_size": 64, "batch_size": 16, "learning_rate": 0.01, "val_fraction": 0.25}
+    body = {
+        "dataset_id": ds["id"],
+        "model_name": name,
+        "arch": "efficientnet_lite0",
+        "strategy": "linear",
+        "epochs": 3,
+        "image_size": 64,
+        "batch_size": 16,
+        "learning_rate": 0.01,
+        "val_fraction": 0.25,
+    }
     r = client.post("/jobs", json=body)
     assert r.status_code == 202, r.text
     job = r.json()

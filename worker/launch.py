@@ -21,9 +21,7 @@ def visible_gpus() -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True
-        ).stdout
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
@@ -38,7 +36,7 @@ def worker_commands(gpus: list[str]) -> list[tuple[list[str], dict[str, str]]]:
 
 
 def run_worker_process(name: str) -> None:
-    """One Celery worker: a prefork pool of one child that trains one job and is replaced."""
+    """One Celery worker process, pinned by its launcher to one GPU (or none), training one job at a time."""
     from app.config import get_settings
     from worker.celery_app import worker_app
 
@@ -47,10 +45,10 @@ def run_worker_process(name: str) -> None:
         [
             "worker",
             "--loglevel=INFO",
+            # The worker process trains itself (solo pool): prefork children are daemonic and may not start
+            # DataLoader workers. Its launcher never touches CUDA, so CUDA lives only in this process.
+            "--pool=solo",
             "--concurrency=1",
-            "--pool=prefork",
-            # A fresh child per job: GPU memory and any leaked state go away with it.
-            "--max-tasks-per-child=1",
             f"--queues={settings.queue}",
             f"--hostname=visiontune-{name}@%h",
             "--without-gossip",

@@ -96,9 +96,7 @@ class RunnerHooks:
 class JobRunner:
     """Runs jobs for one worker process."""
 
-    def __init__(
-        self, settings: Settings, factory: sessionmaker[Session], worker_id: str | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, factory: sessionmaker[Session], worker_id: str | None = None) -> None:
         self.settings = settings
         self.factory = factory
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -194,6 +192,7 @@ class JobRunner:
             return "failed"
         finally:
             keeper.stop()
+            release_device_memory()
 
     def record_epoch(self, hooks: RunnerHooks, report: EpochReport, built: BuiltModel) -> None:
         """Checkpoint file (atomic) and epoch + checkpoint rows (fenced), then prune superseded files."""
@@ -270,9 +269,7 @@ class JobRunner:
                 lease_owner=None,
                 lease_expires_at=None,
             )
-            best = s.scalar(
-                select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.is_best.is_(True))
-            )
+            best = s.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.is_best.is_(True)))
             assert best is not None
             fresh = s.get(Job, job.id)
             assert fresh is not None
@@ -293,18 +290,21 @@ class JobRunner:
                     lease_expires_at=None,
                 )
         except LeaseLost:
-            log.warning(
-                "job %s attempt %s: not recording %s, another attempt owns the job", job_id, attempt, status
-            )
+            log.warning("job %s attempt %s: not recording %s, another attempt owns the job", job_id, attempt, status)
+
+
+def release_device_memory() -> None:
+    """Hand cached GPU memory back between jobs (the worker process lives on)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 _runner: JobRunner | None = None
-
-
-def reset_runner() -> None:
-    """Forget the process's runner (after fork, the child builds its own engine)."""
-    global _runner
-    _runner = None
 
 
 def get_runner() -> JobRunner:

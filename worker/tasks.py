@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 from celery import Celery
-from celery.signals import worker_process_init
 
 from worker.celery_app import TRAIN_TASK
 
@@ -18,11 +17,3 @@ def register_tasks(celery: Celery) -> None:
         from worker.runner import get_runner
 
         return get_runner().run(uuid.UUID(job_id))
-
-
-@worker_process_init.connect
-def _fresh_child(**_kwargs: object) -> None:
-    # Each pool child makes its own engine (sockets must not be shared across fork).
-    from worker.runner import reset_runner
-
-    reset_runner()

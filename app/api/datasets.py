@@ -35,13 +35,9 @@ def to_out(d: Dataset) -> DatasetOut:
 def upload_dataset(
     session: SessionDep,
     settings: SettingsDep,
-    file: Annotated[
-        UploadFile | None, File(description="zip (ImageFolder or CIFAR python) or tar.gz")
-    ] = None,
+    file: Annotated[UploadFile | None, File(description="zip (ImageFolder or CIFAR python) or tar.gz")] = None,
     name: Annotated[str | None, Form(max_length=200)] = None,
-    skip_invalid: Annotated[
-        bool, Form(description="Leave unreadable images out instead of refusing")
-    ] = False,
+    skip_invalid: Annotated[bool, Form(description="Leave unreadable images out instead of refusing")] = False,
 ) -> DatasetOut:
     """Upload a zip in ImageFolder layout (`<class>/<image>`, optionally under train/ val/ test/) or a
     CIFAR-10 python folder (`cifar-10-batches-py`, zipped or as .tar.gz)."""

@@ -20,19 +20,13 @@ def predict(
     settings: SettingsDep,
     files: Annotated[list[UploadFile] | None, File(description="One or more images")] = None,
     model: Annotated[str | None, Form(description="Registered model name")] = None,
-    version: Annotated[
-        int | None, Form(ge=1, description="A specific version instead of the serving one")
-    ] = None,
+    version: Annotated[int | None, Form(ge=1, description="A specific version instead of the serving one")] = None,
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
 ) -> PredictResponse:
     """Top-k labels with probabilities per image, from the serving (best or pinned) version."""
-    uploads = [
-        ImageUpload(f.filename, f.file.read(settings.max_predict_image_bytes + 1)) for f in files or []
-    ]
+    uploads = [ImageUpload(f.filename, f.file.read(settings.max_predict_image_bytes + 1)) for f in files or []]
     images = decode_uploads(uploads, settings.max_predict_images, settings.max_predict_image_bytes)
-    chosen, loaded = select_model(
-        session, request.app.state.model_cache, model, version, settings.predict_device
-    )
+    chosen, loaded = select_model(session, request.app.state.model_cache, model, version, settings.predict_device)
     results = loaded.predict(images, top_k)
     return PredictResponse(
         model_name=chosen.model_name,

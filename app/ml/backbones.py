@@ -131,9 +131,7 @@ def _timm_model(name: str, num_classes: int, pretrained: bool) -> BuiltModel:
     prep = Preprocessing(
         tuple(cfg.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
         tuple(cfg.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
-        cfg.get("interpolation", "bilinear")
-        if cfg.get("interpolation") in ("bilinear", "bicubic")
-        else "bilinear",
+        cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in ("bilinear", "bicubic") else "bilinear",
     )
     built = BuiltModel(model=model, head=head, preprocessing=prep)
     head_names = built.head_param_names

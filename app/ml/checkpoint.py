@@ -40,9 +40,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(
-    path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]
-) -> tuple[str, int]:
+def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> tuple[str, int]:
     """Write weights + metadata to path; returns (sha256, size in bytes)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     data = save_safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(metadata)})

@@ -70,9 +70,7 @@ def find_cifar_dir(root: Path) -> Path | None:
     for d in candidates:
         if any(is_hidden(part) for part in d.relative_to(root).parts):
             continue
-        if (d / "batches.meta").is_file() and (
-            (d / "test_batch").is_file() or (d / "data_batch_1").is_file()
-        ):
+        if (d / "batches.meta").is_file() and ((d / "test_batch").is_file() or (d / "data_batch_1").is_file()):
             return d
     return None
 

@@ -26,9 +26,7 @@ class MetricAccumulator:
         targets = targets.detach().cpu()
         preds = logits.argmax(dim=1)
         flat = targets * self.num_classes + preds
-        self.confusion += torch.bincount(flat, minlength=self.num_classes**2).view(
-            self.num_classes, self.num_classes
-        )
+        self.confusion += torch.bincount(flat, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
         if self.num_classes > 5:
             top5 = logits.topk(5, dim=1).indices
             self.top5_hits += int((top5 == targets.unsqueeze(1)).any(dim=1).sum())

@@ -42,9 +42,7 @@ class LoadedModel:
         """For each image, the top_k (label, probability) pairs, most likely first."""
         batch = torch.stack(
             [
-                self.transform(
-                    torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-                )
+                self.transform(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1))
                 for img in images
             ]
         )

@@ -98,9 +98,7 @@ def apply_strategy(built: BuiltModel, strategy: str, unfreeze_stages: int) -> li
         trainable_names = {n for n, _ in built.model.named_parameters()}
     elif strategy == "partial":
         if not 1 <= unfreeze_stages <= len(built.stages):
-            raise ValueError(
-                f"unfreeze_stages must be between 1 and {len(built.stages)} for this architecture"
-            )
+            raise ValueError(f"unfreeze_stages must be between 1 and {len(built.stages)} for this architecture")
         trainable_names = head | {n for stage in built.stages[-unfreeze_stages:] for n in stage}
     elif strategy == "linear":
         trainable_names = head
@@ -299,9 +297,7 @@ def _fit_linear(
             built,
         )
     head.load_state_dict(best_state)
-    val_metrics = (
-        evaluate_head(head, val_x, val_y, num_classes).summary(class_names) if val_x is not None else None
-    )
+    val_metrics = evaluate_head(head, val_x, val_y, num_classes).summary(class_names) if val_x is not None else None
     test_metrics = None
     if test is not None and len(test):
         test_x, test_y = features(test)
@@ -358,9 +354,7 @@ def _fit_finetune(
             scaler,
             cfg.grad_clip,
         )
-        val_acc = (
-            evaluate(model, val_loader, setup, prep, num_classes, hooks.should_stop) if val_loader else None
-        )
+        val_acc = evaluate(model, val_loader, setup, prep, num_classes, hooks.should_stop) if val_loader else None
         is_best = _better(val_acc, stats, best_key)
         if is_best:
             best_key, best_state, best_epoch = _key(val_acc, stats), _snapshot(model), epoch
@@ -377,9 +371,7 @@ def _fit_finetune(
             built,
         )
     model.load_state_dict(best_state)
-    val_metrics = (
-        evaluate(model, val_loader, setup, prep, num_classes).summary(class_names) if val_loader else None
-    )
+    val_metrics = evaluate(model, val_loader, setup, prep, num_classes).summary(class_names) if val_loader else None
     test_metrics = None
     if test is not None and len(test):
         test_loader = make_loader(test, eval_tf, eval_bs, False, setup, cfg.seed, cfg.num_workers)

@@ -10,9 +10,7 @@ from torchvision.transforms import InterpolationMode, v2
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
-def eval_transform(
-    image_size: int, interpolation: str = "bilinear"
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def eval_transform(image_size: int, interpolation: str = "bilinear") -> Callable[[torch.Tensor], torch.Tensor]:
     """Shorter side to image_size, then the centre square: deterministic, for validation, test and serving."""
     mode = _INTERPOLATION.get(interpolation, InterpolationMode.BILINEAR)
     return v2.Compose([v2.Resize(image_size, interpolation=mode, antialias=True), v2.CenterCrop(image_size)])

@@ -74,9 +74,7 @@ def extract_archive(path: Path, dest: Path, max_bytes: int) -> None:
                     if target is None or member.isdir():
                         continue
                     if not member.isfile():
-                        raise InvalidDataset(
-                            f"archive member {member.name!r} is a link or device, not a file"
-                        )
+                        raise InvalidDataset(f"archive member {member.name!r} is a link or device, not a file")
                     src = tf.extractfile(member)
                     if src is not None:
                         _copy_limited(src, target, budget, max_bytes)

@@ -39,9 +39,7 @@ def _index(content: Path, root_in_manifest: str, skip_invalid: bool) -> tuple[di
         raise InvalidDataset(str(exc)) from exc
 
 
-def _index_cifar(
-    content: Path, cifar_dir: Path, root_in_manifest: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _index_cifar(content: Path, cifar_dir: Path, root_in_manifest: str) -> tuple[dict[str, Any], dict[str, Any]]:
     classes = read_cifar_meta(cifar_dir)
     files = cifar_split_files(cifar_dir)
     if not files.get("train"):
@@ -60,9 +58,7 @@ def _index_cifar(
     return manifest, fields
 
 
-def _index_folder(
-    content: Path, root_in_manifest: str, skip_invalid: bool
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _index_folder(content: Path, root_in_manifest: str, skip_invalid: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     scan = scan_imagefolder(content)
     unreadable = [f for f in scan.invalid if not f["reason"].startswith(NOT_AN_IMAGE)]
     if unreadable and not skip_invalid:
@@ -164,7 +160,5 @@ def get_dataset(session: Session, dataset_id: uuid.UUID) -> Dataset:
 
 def list_datasets(session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
     total = session.scalar(select(func.count()).select_from(Dataset)) or 0
-    rows = session.scalars(
-        select(Dataset).order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
-    ).all()
+    rows = session.scalars(select(Dataset).order_by(Dataset.created_at.desc()).limit(limit).offset(offset)).all()
     return list(rows), total

@@ -94,9 +94,7 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
     done = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(
-            status=JobStatus.canceled, cancel_requested=True, finished_at=now, error="canceled by request"
-        )
+        .values(status=JobStatus.canceled, cancel_requested=True, finished_at=now, error="canceled by request")
     ).rowcount
     if not done:
         session.execute(

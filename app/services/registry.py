@@ -10,9 +10,7 @@ from app.errors import InvalidInput, NoModelAvailable, NotFound
 from app.models import Checkpoint, Job, ModelVersion, RegisteredModel
 
 
-def register_version(
-    session: Session, job: Job, checkpoint: Checkpoint, test_accuracy: float | None
-) -> ModelVersion:
+def register_version(session: Session, job: Job, checkpoint: Checkpoint, test_accuracy: float | None) -> ModelVersion:
     """Add the job's best checkpoint as the next version of its model name (safe against racing jobs)."""
     if session.get(RegisteredModel, job.model_name) is None:
         try:
@@ -21,9 +19,7 @@ def register_version(
         except IntegrityError:
             pass  # another job registered the name first
     for _ in range(10):
-        latest = session.scalar(
-            select(func.max(ModelVersion.version)).where(ModelVersion.model_name == job.model_name)
-        )
+        latest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_name == job.model_name))
         version = ModelVersion(
             model_name=job.model_name,
             version=(latest or 0) + 1,

@@ -1,0 +1,76 @@
+"""Real processes for end-to-end tests: start, wait for HTTP, poll jobs with deadlines, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start argv in its own process group (so the whole tree can be stopped), output to log."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONTUNE_")}
+    full_env.update(env)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    out = log.open("wb")
+    return subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: float = 90) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {deadline_s}s:\n{log.read_text()[-4000:]}")
+
+
+def wait_job(base: str, job_id: str, statuses: set[str], deadline_s: float, logs: list[Path]) -> dict:
+    """Poll GET /jobs/{id} until its status is in statuses (or fail with the workers' logs)."""
+    deadline = time.monotonic() + deadline_s
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{base}/jobs/{job_id}", timeout=10).json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.25)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"job {job_id} still {job.get('status')} after {deadline_s}s\n{tails}")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 30) -> int:
+    """Signal the process group, wait, then kill what is left; returns the exit code."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
