@@ -480,7 +480,7 @@ def check_targets(service: RunResult, plain: RunResult) -> dict[str, bool]:
     }
 
 
-def environment() -> dict[str, Any]:
+def environment(load_at_start: float) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -491,6 +491,9 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
+        # 1-minute load averages: other processes on the machine make every timing here unreliable.
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg()[0],
     }
 
 
@@ -519,13 +522,22 @@ def print_report(cfg: BenchConfig, service: RunResult, plain: RunResult, targets
         print("(quick mode: a smoke run on a tiny subset; the targets are meant for the full benchmark)")
 
 
-def write_json(
-    path: Path, cfg: BenchConfig, service: RunResult, plain: RunResult, targets: dict[str, bool], sizes: dict[str, int]
-) -> None:
+def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def results_payload(
+    cfg: BenchConfig,
+    service: RunResult,
+    plain: RunResult,
+    targets: dict[str, bool],
+    sizes: dict[str, int],
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    return {
         "benchmark": "finetune_cifar",
-        "environment": environment(),
+        "environment": env,
         "config": cfg.as_json(),
         "data": sizes,
         "service": service.as_json(),
@@ -533,7 +545,6 @@ def write_json(
         "ratios": compare(service, plain),
         "targets": targets,
     }
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 # ---------------------------------------------------------------- main
@@ -559,6 +570,19 @@ def make_config(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(cifar_dir=args.cifar, epochs=args.epochs or 5, quick=False)
 
 
+def warn_if_busy() -> float:
+    """The 1-minute load average now; warns when other processes already compete for the CPUs."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        log.warning(
+            "load average is %.2f on %d CPU(s) before the benchmark starts: other processes are running and "
+            "the timings will be noisy (torch's threads slow down badly when they share cores)",
+            load,
+            os.cpu_count() or 1,
+        )
+    return load
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
@@ -567,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no CIFAR-10 python batches at {cfg.cifar_dir} (use --cifar DIR)", file=sys.stderr)
         return 2
     output = args.output or (QUICK_OUTPUT if cfg.quick else DEFAULT_OUTPUT)
+    load_at_start = warn_if_busy()
 
     with tempfile.TemporaryDirectory(prefix="visiontune-bench-") as tmp:
         workdir = Path(tmp)
@@ -585,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plain = run_plain(cfg, cifar_dir)
 
     targets = check_targets(service, plain)
-    write_json(output, cfg, service, plain, targets, sizes)
+    write_json(output, results_payload(cfg, service, plain, targets, sizes, environment(load_at_start)))
     print_report(cfg, service, plain, targets)
     print(f"results: {output}")
     return 0 if service.extra.get("status") == "succeeded" else 1

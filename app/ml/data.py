@@ -75,10 +75,27 @@ def find_cifar_dir(root: Path) -> Path | None:
     return None
 
 
+# CIFAR batches are pickles, and uploads are untrusted: only numpy array reconstruction may be referenced.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise DatasetFormatError(f"CIFAR batch references {module}.{name}, which a data file never needs")
+        return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
-        # The CIFAR batches are pickles; this path is only used on files we validate structurally below.
-        raw = pickle.load(f, encoding="bytes")  # noqa: S301
+        raw = _CifarUnpickler(f, encoding="bytes").load()
     if not isinstance(raw, dict):
         raise DatasetFormatError(f"{path.name} is not a CIFAR batch (not a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
