@@ -201,3 +201,18 @@ def test_malicious_cifar_pickle_is_refused_without_running(tmp_path):
     with pytest.raises(DatasetFormatError, match="never needs"):
         read_cifar_batch(path, 10)
     assert not marker.exists()
+
+
+def test_offline_imagenet_download_is_a_clear_error(monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api as tv_api
+
+    from app.ml.backbones import WeightsUnavailable
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailable, match="could not download ImageNet weights for resnet18.*pass its path"):
+        build_model("resnet18", 3, "imagenet")
