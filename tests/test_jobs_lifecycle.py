@@ -34,9 +34,18 @@ def dataset_id(client, tmp_path) -> str:
 
 
 def job_body(dataset_id: str, **overrides) -> dict:
-    body = {"dataset_id": dataset_id, "arch": "resnet18", "weights": "none", "strategy": "full", "epochs": 2,
-            "image_size": 32, "batch_size": 12, "learning_rate": 0.01, "val_fraction": 0.25,
-            "model_name": f"m-{uuid.uuid4().hex[:8]}"}
+    body = {
+        "dataset_id": dataset_id,
+        "arch": "resnet18",
+        "weights": "none",
+        "strategy": "full",
+        "epochs": 2,
+        "image_size": 32,
+        "batch_size": 12,
+        "learning_rate": 0.01,
+        "val_fraction": 0.25,
+        "model_name": f"m-{uuid.uuid4().hex[:8]}",
+    }
     return {**body, **overrides}
 
 

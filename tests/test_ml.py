@@ -23,8 +23,16 @@ from tests.factories import CIFAR_DIR
 
 @pytest.mark.parametrize(
     ("arch", "stages"),
-    [("resnet18", 5), ("resnet50", 5), ("mobilenet_v3_large", 17), ("efficientnet_b0", 9), ("convnext_tiny", 8),
-     ("vit_b_16", 13), ("efficientnet_lite0", 8), ("timm/resnet18", 5)],
+    [
+        ("resnet18", 5),
+        ("resnet50", 5),
+        ("mobilenet_v3_large", 17),
+        ("efficientnet_b0", 9),
+        ("convnext_tiny", 8),
+        ("vit_b_16", 13),
+        ("efficientnet_lite0", 8),
+        ("timm/resnet18", 5),
+    ],
 )
 def test_stage_maps(arch, stages):
     assert known_architecture(arch)
@@ -66,9 +74,7 @@ def test_weights_from_a_local_file(tmp_path):
 
 def _tiny_batch(n: int = 8, size: int = 32) -> SampleSet:
     rng = np.random.default_rng(0)
-    return SampleSet(
-        labels=np.arange(n) % 2, arrays=rng.integers(0, 255, size=(n, size, size, 3), dtype=np.uint8)
-    )
+    return SampleSet(labels=np.arange(n) % 2, arrays=rng.integers(0, 255, size=(n, size, size, 3), dtype=np.uint8))
 
 
 def _one_step(built, cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -142,8 +148,12 @@ def test_metrics_match_hand_computed_reference():
 def test_checkpoint_roundtrip_hash_and_atomicity(tmp_path):
     built = build_model("resnet18", 3, "none")
     path = tmp_path / "ckpt" / "e1.safetensors"
-    meta = {"arch": "resnet18", "class_names": ["x", "y", "z"], "image_size": 32,
-            "preprocessing": built.preprocessing.as_dict()}
+    meta = {
+        "arch": "resnet18",
+        "class_names": ["x", "y", "z"],
+        "image_size": 32,
+        "preprocessing": built.preprocessing.as_dict(),
+    }
     digest, size = save_checkpoint(path, built.model.state_dict(), meta)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest and path.stat().st_size == size
     assert list(path.parent.iterdir()) == [path]  # no temp file left
@@ -216,3 +226,15 @@ def test_offline_imagenet_download_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     with pytest.raises(WeightsUnavailable, match="could not download ImageNet weights for resnet18.*pass its path"):
         build_model("resnet18", 3, "imagenet")
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_cifar_batches_pickled_by_python3_load(tmp_path, protocol):
+    import pickle
+
+    images = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": images, b"labels": [1, 0], b"batch_label": b"x"}, protocol=protocol))
+    loaded, labels = read_cifar_batch(path, 10)
+    assert loaded.shape == (2, 32, 32, 3) and labels.tolist() == [1, 0]
+    assert loaded[0, 0, 0].tolist() == [0, 1024 % 256, 2048 % 256]

@@ -192,6 +192,7 @@ class JobRunner:
             return "failed"
         finally:
             keeper.stop()
+            keeper.join(timeout=10)
             release_device_memory()
 
     def record_epoch(self, hooks: RunnerHooks, report: EpochReport, built: BuiltModel) -> None:
