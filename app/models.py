@@ -73,6 +73,8 @@ class Job(Base):
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     val_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    baseline_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    flops_per_image: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -97,6 +99,8 @@ class Epoch(Base):
     learning_rate: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     images_per_second: Mapped[float] = mapped_column(Float)
+    tflops: Mapped[float | None] = mapped_column(Float)
+    mfu: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

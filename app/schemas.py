@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 
@@ -58,27 +58,63 @@ class JobCreate(BaseModel):
         "efficientnet_lite0|timm/<name>",
     )
     weights: str = Field(default="imagenet", description="'imagenet', 'none', or a weights file on the server")
-    strategy: Literal["linear", "partial", "full"] = Field(
+    strategy: Literal["linear", "partial", "full", "lora"] = Field(
         default="linear",
-        description="linear: frozen backbone (features cached, no augmentation); partial: the last "
-        "`unfreeze_stages` stages train; full: everything trains",
+        description="linear: frozen backbone, only the new head trains; features are computed once and cached, "
+        "so augmentation and mixup/cutmix do not apply. partial: the last `unfreeze_stages` stages train too. "
+        "full: everything trains, with discriminative learning rates (`lr_decay`). lora: LoRA adapters (peft) on "
+        "the backbone's linear and dense conv layers plus the head; merged into the weights for serving",
     )
-    unfreeze_stages: int = Field(default=1, ge=1, le=64)
+    unfreeze_stages: int = Field(default=1, ge=1, le=64, description="partial: how many last stages train")
+    lr_decay: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="partial/full: a stage at depth d below the head trains at learning_rate × lr_decay^d; "
+        "default 0.75 with pretrained weights, 1 (off) with weights none",
+    )
+    lora_rank: int = Field(default=8, ge=1, le=256)
+    lora_alpha: float = Field(default=16.0, gt=0, le=1024)
     epochs: int = Field(default=5, ge=1, le=1000)
     batch_size: int = Field(default=64, ge=1, le=4096)
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = Field(default=1e-4, ge=0, le=1)
+    optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="sgd uses Nesterov momentum")
+    weight_decay: float = Field(default=1e-4, ge=0, le=1, description="not applied to norms and biases")
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = Field(default=0.0, ge=0, le=100)
+    schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        default="cosine", description="per step; cosine/constant after `warmup_epochs` of linear warmup"
+    )
+    warmup_epochs: float = Field(default=0.0, ge=0, le=100, description="onecycle: warmup share (default 30%)")
     label_smoothing: float = Field(default=0.0, ge=0, le=0.5)
-    grad_clip: float | None = Field(default=None, gt=0)
-    image_size: int = Field(default=224, ge=16, le=1024)
-    augment: bool = Field(default=True, description="Random resized crop + flip (ignored by linear)")
+    grad_clip: float | None = Field(default=None, gt=0, description="max gradient norm")
+    class_weighting: Literal["none", "balanced"] = Field(
+        default="none", description="balanced: loss weights n/(classes × n_class), for imbalanced data"
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, le=1000, description="stop after this many epochs without a val accuracy gain"
+    )
+    early_stopping_min_delta: float = Field(default=0.0, ge=0, le=1)
+    image_size: int = Field(default=224, ge=16, le=1024, description="images are resized (small ones upsampled)")
+    augmentation: Literal["none", "basic", "randaugment", "trivialaugment", "classic"] = Field(
+        default="basic",
+        description="basic: random resized crop + flip; randaugment / trivialaugment on top of basic; classic: "
+        "rotation, shift, shear, zoom, flip. Not used by linear",
+    )
+    mixup_prob: float = Field(default=0.0, ge=0, le=1, description="share of batches mixed with MixUp")
+    cutmix_prob: float = Field(default=0.0, ge=0, le=1, description="share of batches mixed with CutMix")
     val_fraction: float = Field(default=0.1, ge=0, le=0.5, description="Held out of train when there is no val")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     num_workers: int | None = Field(default=None, ge=0, le=64, description="DataLoader workers; auto if unset")
+    compile: bool = Field(default=False, description="torch.compile the model (worth it for long GPU jobs)")
+    baseline: bool = Field(
+        default=True, description="also measure the model before fine-tuning (one linear-probe pass)"
+    )
+
+    @model_validator(mode="after")
+    def _mixing(self) -> JobCreate:
+        if self.mixup_prob + self.cutmix_prob > 1:
+            raise ValueError("mixup_prob + cutmix_prob must be at most 1")
+        return self
 
 
 class EpochOut(BaseModel):
@@ -92,6 +128,8 @@ class EpochOut(BaseModel):
     learning_rate: float
     seconds: float
     images_per_second: float
+    tflops: float | None = Field(default=None, description="achieved model TFLOP/s while training")
+    mfu: float | None = Field(default=None, description="model FLOP utilisation (known GPUs only)")
 
 
 class CheckpointOut(BaseModel):
@@ -129,7 +167,23 @@ class JobDetail(JobSummary):
     best_checkpoint: CheckpointOut | None = None
     val_metrics: dict[str, Any] | None
     test_metrics: dict[str, Any] | None
+    baseline_metrics: dict[str, Any] | None = Field(
+        default=None, description="val/test metrics before fine-tuning (pretrained backbone, one probe pass)"
+    )
     model_version: int | None = None
+
+
+class JobMetrics(BaseModel):
+    """Everything measured for a job: the epoch history, the best epoch on val/test, and the before-model."""
+
+    job_id: uuid.UUID
+    status: str
+    best_epoch: int | None
+    epochs: list[EpochOut]
+    val: dict[str, Any] | None
+    test: dict[str, Any] | None
+    before_finetuning: dict[str, Any] | None
+    flops_per_image: float | None
 
 
 class ModelVersionOut(BaseModel):

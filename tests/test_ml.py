@@ -10,14 +10,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from app.ml.augment import train_transform
 from app.ml.backbones import ArchitectureError, build_model, count_stages, known_architecture
 from app.ml.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from app.ml.data import SampleSet, read_cifar_batch, read_cifar_meta, stratified_split
 from app.ml.engine import DeviceSetup, set_train_mode, train_one_epoch
 from app.ml.metrics import MetricAccumulator
+from app.ml.optim import make_optimizer
 from app.ml.predictor import LoadedModel
-from app.ml.trainer import TrainConfig, apply_strategy, make_loader, make_optimizer
-from app.ml.transforms import train_transform
+from app.ml.strategies import StrategyError, apply_strategy
+from app.ml.trainer import TrainConfig, make_loader
 from tests.factories import CIFAR_DIR
 
 
@@ -108,7 +110,7 @@ def test_partial_strategy_trains_the_last_stages_and_head():
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     expected = set(built.stages[-1]) | built.head_param_names
     assert changed == expected
-    with pytest.raises(ValueError, match="between 1 and 5"):
+    with pytest.raises(StrategyError, match="between 1 and 5"):
         apply_strategy(built, "partial", 6)
 
 

@@ -80,3 +80,34 @@ def test_job_trains_records_epochs_and_serves_best(client, settings, enqueued, t
     assert all(len(p["top"]) == 2 for p in out["predictions"])
     correct = sum(p["top"][0]["label"] == label for p, (_, label) in zip(out["predictions"], images, strict=True))
     assert correct / len(images) > 0.5  # three classes: chance is a third
+
+
+def test_metrics_history_and_plots(client, settings, enqueued, tmp_path):
+    cifar_imagefolder_zip(tmp_path / "ds.zip", train_per_class=20, test_per_class=8)
+    ds = upload(client, tmp_path / "ds.zip")
+    body = {
+        "dataset_id": ds["id"],
+        "model_name": f"m-{uuid.uuid4().hex[:6]}",
+        "arch": "efficientnet_lite0",
+        "strategy": "linear",
+        "epochs": 2,
+        "image_size": 32,
+        "batch_size": 16,
+        "val_fraction": 0.25,
+    }
+    job = client.post("/jobs", json=body).json()
+    assert client.get(f"/jobs/{job['id']}/curves.png").status_code == 409  # no epoch yet
+    assert client.get(f"/jobs/{job['id']}/confusion.png").status_code == 409
+    assert run_enqueued(settings, enqueued) == ["succeeded"]
+    metrics = client.get(f"/jobs/{job['id']}/metrics").json()
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["test"]["count"] == 24 and metrics["val"]["count"] == 15
+    before = metrics["before_finetuning"]
+    assert before["status"] == "measured" and before["test"]["count"] == 24
+    for png in ("confusion.png", "curves.png"):
+        r = client.get(f"/jobs/{job['id']}/{png}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.content.startswith(b"\x89PNG\r\n\x1a\n") and len(r.content) > 2000
+    assert client.get(f"/jobs/{job['id']}/confusion.png", params={"split": "val"}).status_code == 200
+    detail = client.get(f"/jobs/{job['id']}").json()
+    assert detail["baseline_metrics"]["status"] == "measured"

@@ -20,6 +20,7 @@ from app.db import make_engine, make_sessionmaker, session_scope
 from app.ml.backbones import BuiltModel
 from app.ml.checkpoint import save_checkpoint
 from app.ml.engine import DeviceSetup, TrainingStopped
+from app.ml.strategies import export_state_dict
 from app.ml.trainer import EpochReport, FitResult, TrainConfig, fit
 from app.models import Checkpoint, Dataset, Epoch, Job, JobStatus
 from app.services.registry import register_version
@@ -210,7 +211,7 @@ class JobRunner:
             "epoch": report.epoch,
             "val_accuracy": report.val_accuracy,
         }
-        digest, size = save_checkpoint(path.resolve(), built.model.state_dict(), metadata)
+        digest, size = save_checkpoint(path.resolve(), export_state_dict(built), metadata)
         stale: list[str] = []
         with session_scope(self.factory) as s:
             self._fence(s, job.id, attempt)
@@ -226,6 +227,8 @@ class JobRunner:
                     learning_rate=report.learning_rate,
                     seconds=report.seconds,
                     images_per_second=report.train.images / max(report.seconds, 1e-9),
+                    tflops=report.tflops,
+                    mfu=report.mfu,
                 )
             )
             if report.is_best:
@@ -267,6 +270,8 @@ class JobRunner:
                 best_epoch=result.best_epoch,
                 val_metrics=result.val_metrics,
                 test_metrics=result.test_metrics,
+                baseline_metrics=result.baseline or None,
+                flops_per_image=result.flops_per_image,
                 lease_owner=None,
                 lease_expires_at=None,
             )

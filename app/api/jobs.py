@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import SessionDep
 from app.models import Job
-from app.schemas import CheckpointOut, EpochOut, JobCreate, JobDetail, JobSummary, Page
+from app.schemas import CheckpointOut, EpochOut, JobCreate, JobDetail, JobMetrics, JobSummary, Page
 from app.services import jobs as service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -26,6 +26,7 @@ def to_detail(session: SessionDep, job: Job) -> JobDetail:
         best_checkpoint=CheckpointOut.model_validate(best) if best else None,
         val_metrics=job.val_metrics,
         test_metrics=job.test_metrics,
+        baseline_metrics=job.baseline_metrics,
         model_version=service.job_version(session, job),
     )
 
@@ -57,3 +58,34 @@ def get_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
 def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
     """Cancel a queued job now, or stop a running one within a batch."""
     return to_detail(session, service.cancel_job(session, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=JobMetrics)
+def job_metrics(job_id: uuid.UUID, session: SessionDep) -> JobMetrics:
+    """The full history: every epoch, the best epoch on val and test, and the model before fine-tuning."""
+    job = service.get_job(session, job_id)
+    return JobMetrics(
+        job_id=job.id,
+        status=job.status,
+        best_epoch=job.best_epoch,
+        epochs=[EpochOut.model_validate(e) for e in job.epochs],
+        val=job.val_metrics,
+        test=job.test_metrics,
+        before_finetuning=job.baseline_metrics,
+        flops_per_image=job.flops_per_image,
+    )
+
+
+PNG = {"content": {"image/png": {}}}
+
+
+@router.get("/{job_id}/confusion.png", response_class=Response, responses={200: PNG})
+def confusion_png(job_id: uuid.UUID, session: SessionDep, split: Literal["test", "val"] = "test") -> Response:
+    """The best checkpoint's confusion matrix on the test split (or val)."""
+    return Response(service.confusion_png(session, job_id, split), media_type="image/png")
+
+
+@router.get("/{job_id}/curves.png", response_class=Response, responses={200: PNG})
+def curves_png(job_id: uuid.UUID, session: SessionDep) -> Response:
+    """Train and validation loss and accuracy per epoch."""
+    return Response(service.curves_png(session, job_id), media_type="image/png")

@@ -61,6 +61,7 @@ class BuiltModel:
     preprocessing: Preprocessing
     # Parameter names of each backbone stage, from the input side to the output side.
     stages: list[list[str]] = field(default_factory=list)
+    lora: bool = False  # model is a peft LoRA wrapper; export_state_dict merges it
 
     @property
     def head_param_names(self) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,6 +250,7 @@ class SampleSet:
     labels: np.ndarray
     arrays: np.ndarray | None = None  # N×H×W×3 uint8
     paths: list[Path] | None = None
+    decoded: list[np.ndarray] | None = None  # H×W×3 uint8 per image, when files were decoded once up front
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -260,12 +261,35 @@ class SampleSet:
             labels=self.labels[idx],
             arrays=None if self.arrays is None else self.arrays[idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
+            decoded=None if self.decoded is None else [self.decoded[i] for i in idx],
         )
+
+    def decode_all(self, max_side: int, budget_bytes: int) -> SampleSet:
+        """Decode every file once, shrunk so the shorter side is at most max_side; self if over budget."""
+        if self.paths is None or self.decoded is not None:
+            return self
+        decoded: list[np.ndarray] = []
+        used = 0
+        for path in self.paths:
+            img = decode_image(path)
+            scale = max_side / min(img.size)
+            if scale < 1:
+                img = img.resize(
+                    (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR
+                )
+            array = np.asarray(img, dtype=np.uint8)
+            used += array.nbytes
+            if used > budget_bytes:
+                return self
+            decoded.append(array)
+        return SampleSet(labels=self.labels, paths=self.paths, decoded=decoded)
 
     def image(self, i: int) -> torch.Tensor:
         """Image i as a uint8 C×H×W tensor."""
         if self.arrays is not None:
             return torch.from_numpy(self.arrays[i]).permute(2, 0, 1)
+        if self.decoded is not None:
+            return torch.from_numpy(self.decoded[i]).permute(2, 0, 1)
         assert self.paths is not None
         img = decode_image(self.paths[i])
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -309,6 +333,49 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+class DeviceBatches:
+    """A small, uniformly sized dataset held as one uint8 tensor on the training device.
+
+    Batches are indexed, cropped/flipped (train) or resized (eval) there, so nothing crosses the bus per step.
+    Yields float batches in [0, 255], which normalize_batch accepts like uint8 ones.
+    """
+
+    def __init__(
+        self,
+        samples: SampleSet,
+        batch_size: int,
+        image_size: int,
+        device: torch.device,
+        train: bool,
+        augment: bool,
+        seed: int,
+    ) -> None:
+        assert samples.arrays is not None
+        self.images = torch.from_numpy(samples.arrays).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(samples.labels).to(device)
+        self.batch_size, self.image_size = batch_size, image_size
+        self.train, self.augment = train, augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from app.ml.augment import random_resized_crop_batch, resize_batch
+
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        order = order.to(self.images.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = self.images[idx].float()
+            if self.train and self.augment:
+                batch = random_resized_crop_batch(batch, self.image_size, self.generator)
+            else:
+                batch = resize_batch(batch, self.image_size)
+            yield batch, self.labels[idx]
 
 
 class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):

@@ -88,8 +88,12 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
+    mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> EpochStats:
-    """One pass over loader; raises TrainingStopped as soon as should_stop() turns true."""
+    """One pass over loader; raises TrainingStopped as soon as should_stop() turns true.
+
+    With a mixer (MixUp/CutMix) the loss uses its soft targets; accuracy counts against the hard labels.
+    """
     set_train_mode(model)
     start = time.perf_counter()
     loss_sum = 0.0
@@ -100,9 +104,12 @@ def train_one_epoch(
             raise TrainingStopped
         x = _prepare(images, setup, prep)
         y = targets.to(setup.device, non_blocking=setup.device.type == "cuda")
+        target = y
+        if mixer is not None:
+            x, target = mixer(x, y)
         with setup.autocast():
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, target)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -13,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.ml.augment import DEVICE_AUGMENTATIONS, BatchMixer, train_transform
 from app.ml.backbones import BuiltModel, build_model
-from app.ml.data import ImageDataset, SampleSet, stratified_split
+from app.ml.data import DeviceBatches, ImageDataset, SampleSet, stratified_split
 from app.ml.engine import (
     DeviceSetup,
     EpochStats,
@@ -24,12 +26,16 @@ from app.ml.engine import (
     train_head_epoch,
     train_one_epoch,
 )
+from app.ml.flops import forward_flops, peak_flops, training_flops_multiplier
 from app.ml.metrics import MetricAccumulator
-from app.ml.transforms import eval_transform, train_transform
+from app.ml.optim import EarlyStopping, class_weights, make_optimizer, make_scheduler, stage_depths
+from app.ml.strategies import apply_strategy
+from app.ml.transforms import eval_transform
 
-STRATEGIES = ("linear", "partial", "full")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
+# Small datasets are decoded once and kept in memory (per job) up to this many bytes.
+DECODED_CACHE_BYTES = 2 * 1024**3
+# A uniformly sized dataset up to this size lives on the GPU, augmented there.
+DEVICE_RESIDENT_BYTES = 4 * 1024**3
 
 
 @dataclass
@@ -40,6 +46,9 @@ class TrainConfig:
     weights: str = "imagenet"
     strategy: str = "linear"
     unfreeze_stages: int = 1
+    lr_decay: float | None = None  # discriminative LR per stage; None: 0.75 with pretrained weights, else 1
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
     epochs: int = 5
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -50,15 +59,26 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    class_weighting: str = "none"
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0
     image_size: int = 224
-    augment: bool = True
+    augmentation: str = "basic"
+    mixup_prob: float = 0.0
+    cutmix_prob: float = 0.0
     val_fraction: float = 0.1
     seed: int = 0
     num_workers: int | None = None
+    compile: bool = False
+    baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lr_decay is None:
+            self.lr_decay = 0.75 if self.weights != "none" else 1.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,6 +94,8 @@ class EpochReport:
     learning_rate: float
     seconds: float
     is_best: bool
+    tflops: float | None = None  # achieved model TFLOP/s while training
+    mfu: float | None = None  # tflops over the device's peak
 
 
 @dataclass
@@ -82,7 +104,9 @@ class FitResult:
     val_metrics: dict[str, Any] | None
     test_metrics: dict[str, Any] | None
     epochs_run: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+    flops_per_image: float | None = None
 
 
 class TrainingHooks(Protocol):
@@ -91,61 +115,8 @@ class TrainingHooks(Protocol):
     def on_epoch(self, report: EpochReport, built: BuiltModel) -> None: ...
 
 
-def apply_strategy(built: BuiltModel, strategy: str, unfreeze_stages: int) -> list[nn.Parameter]:
-    """Freeze what the strategy keeps fixed; returns the trainable parameters."""
-    head = built.head_param_names
-    if strategy == "full":
-        trainable_names = {n for n, _ in built.model.named_parameters()}
-    elif strategy == "partial":
-        if not 1 <= unfreeze_stages <= len(built.stages):
-            raise ValueError(f"unfreeze_stages must be between 1 and {len(built.stages)} for this architecture")
-        trainable_names = head | {n for stage in built.stages[-unfreeze_stages:] for n in stage}
-    elif strategy == "linear":
-        trainable_names = head
-    else:
-        raise ValueError(f"unknown strategy {strategy!r}")
-    params = []
-    for name, p in built.model.named_parameters():
-        p.requires_grad_(name in trainable_names)
-        if p.requires_grad:
-            params.append(p)
-    return params
-
-
-def make_optimizer(named: list[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD; norms and biases get no weight decay."""
-    decay = [p for n, p in named if p.ndim > 1]
-    no_decay = [p for n, p in named if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step linear warmup then cosine decay to zero (or constant)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def default_num_workers(samples: SampleSet) -> int:
-    """In-memory arrays decode for free; files use every core but the one that trains."""
+    """In-memory arrays need no workers; decoding and per-image transforms use every core but one."""
     if samples.arrays is not None:
         return 0
     return max(0, min(8, (os.cpu_count() or 1) - 1))
@@ -174,8 +145,35 @@ def make_loader(
         pin_memory=setup.device.type == "cuda",
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        drop_last=False,
     )
+
+
+def device_resident(samples: SampleSet, setup: DeviceSetup, augmentation: str) -> bool:
+    """Whether samples can live on the device with augmentation there (square arrays, small, simple preset)."""
+    arrays = samples.arrays
+    return (
+        setup.device.type == "cuda"
+        and arrays is not None
+        and arrays.shape[1] == arrays.shape[2]
+        and arrays.nbytes <= DEVICE_RESIDENT_BYTES
+        and augmentation in DEVICE_AUGMENTATIONS
+    )
+
+
+def batches(
+    samples: SampleSet, cfg: TrainConfig, setup: DeviceSetup, train: bool, interpolation: str
+) -> torch.utils.data.DataLoader | DeviceBatches:
+    """Training or evaluation batches of uint8 (or 0-255 float) images at cfg.image_size."""
+    augmentation = cfg.augmentation if train else "none"
+    size = cfg.batch_size if train else eval_batch_size(setup, cfg.batch_size)
+    if device_resident(samples, setup, augmentation):
+        return DeviceBatches(samples, size, cfg.image_size, setup.device, train, augmentation != "none", cfg.seed)
+    transform = (
+        train_transform(cfg.image_size, augmentation, interpolation)
+        if train
+        else eval_transform(cfg.image_size, interpolation)
+    )
+    return make_loader(samples, transform, size, train, setup, cfg.seed, cfg.num_workers)
 
 
 def split_train_val(splits: dict[str, SampleSet], cfg: TrainConfig) -> tuple[SampleSet, SampleSet | None]:
@@ -191,6 +189,77 @@ def split_train_val(splits: dict[str, SampleSet], cfg: TrainConfig) -> tuple[Sam
     return train.subset(train_idx), train.subset(val_idx)
 
 
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _key(val: MetricAccumulator | None, train: EpochStats) -> tuple[float, float]:
+    # Highest val accuracy wins; lower val loss breaks ties. Without val, the training loss decides.
+    return (val.accuracy, -val.loss) if val is not None else (0.0, -train.loss)
+
+
+@dataclass
+class _Loop:
+    """The epoch loop both paths share: best tracking, early stopping, reporting, FLOP accounting."""
+
+    cfg: TrainConfig
+    built: BuiltModel
+    hooks: TrainingHooks
+    state_of: nn.Module  # the module whose weights define "best" (the head alone for linear)
+    flops_per_image: float | None
+    peak: float | None
+    best_key: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_epoch: int = 1
+    epochs_run: int = 0
+    stopped_early: bool = False
+
+    def run(
+        self,
+        optimizer: torch.optim.Optimizer,
+        train_step: Callable[[], EpochStats],
+        validate: Callable[[], MetricAccumulator | None],
+        extra_seconds: Callable[[int], float] = lambda _epoch: 0.0,
+    ) -> None:
+        stopper = EarlyStopping(self.cfg.early_stopping_patience, self.cfg.early_stopping_min_delta)
+        self.best_state = _snapshot(self.state_of)
+        for epoch in range(1, self.cfg.epochs + 1):
+            lr = max(group["lr"] for group in optimizer.param_groups)
+            start = time.perf_counter()
+            stats = train_step()
+            val = validate()
+            seconds = time.perf_counter() - start + extra_seconds(epoch)
+            stats = EpochStats(stats.loss, stats.accuracy, stats.images, seconds)
+            key = _key(val, stats)
+            is_best = self.best_key is None or key > self.best_key
+            if is_best:
+                self.best_key, self.best_state, self.best_epoch = key, _snapshot(self.state_of), epoch
+            tflops = mfu = None
+            if self.flops_per_image:
+                achieved = self.flops_per_image * training_flops_multiplier(self.cfg.strategy)
+                tflops = achieved * stats.images_per_second / 1e12
+                mfu = tflops * 1e12 / self.peak if self.peak else None
+            self.epochs_run = epoch
+            self.hooks.on_epoch(
+                EpochReport(
+                    epoch,
+                    stats,
+                    val.loss if val else None,
+                    val.accuracy if val else None,
+                    lr,
+                    seconds,
+                    is_best,
+                    tflops,
+                    mfu,
+                ),
+                self.built,
+            )
+            if stopper.update(val.accuracy if val else None):
+                self.stopped_early = True
+                break
+        self.state_of.load_state_dict(self.best_state)
+
+
 def fit(
     cfg: TrainConfig,
     class_names: list[str],
@@ -198,33 +267,87 @@ def fit(
     hooks: TrainingHooks,
     setup: DeviceSetup | None = None,
 ) -> FitResult:
-    """Train per cfg, reporting each epoch to hooks; the best epoch (val accuracy) is evaluated on test."""
+    """Train per cfg, reporting each epoch to hooks; the best epoch (val accuracy) is evaluated on val and test."""
     setup = setup or DeviceSetup.for_device()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     built = build_model(cfg.arch, len(class_names), cfg.weights)
-    trainable = apply_strategy(built, cfg.strategy, cfg.unfreeze_stages)
-    if not trainable:
-        raise ValueError("the strategy leaves no trainable parameters")
     memory_format = torch.channels_last if setup.channels_last else torch.contiguous_format
     built.model.to(setup.device, memory_format=memory_format)
+    flops = forward_flops(built.model, cfg.image_size, setup.device)
     train, val = split_train_val(splits, cfg)
+    test = splits.get("test")
+    max_side = math.ceil(cfg.image_size * 1.15)
+    train = train.decode_all(max_side, DECODED_CACHE_BYTES)
+    val = val.decode_all(max_side, DECODED_CACHE_BYTES) if val is not None else None
+    test = test.decode_all(max_side, DECODED_CACHE_BYTES) if test is not None else None
     if cfg.strategy == "linear":
-        return _fit_linear(cfg, built, class_names, train, val, splits.get("test"), hooks, setup)
-    return _fit_finetune(cfg, built, class_names, train, val, splits.get("test"), hooks, setup)
+        result = _fit_linear(cfg, built, class_names, train, val, test, hooks, setup, flops)
+    else:
+        baseline = _baseline(cfg, built, class_names, train, val, test, hooks, setup)
+        result = _fit_finetune(cfg, built, class_names, train, val, test, hooks, setup, flops)
+        result.baseline = baseline
+    result.flops_per_image = flops
+    return result
 
 
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+def _features(
+    built: BuiltModel, samples: SampleSet, cfg: TrainConfig, setup: DeviceSetup, hooks: TrainingHooks
+) -> tuple[torch.Tensor, torch.Tensor]:
+    loader = batches(samples, cfg, setup, False, built.preprocessing.interpolation)
+    return extract_features(built.model, built.head, loader, setup, built.preprocessing, hooks.should_stop)
 
 
-def _better(val: MetricAccumulator | None, train: EpochStats, best: tuple[float, float] | None) -> bool:
-    # Highest val accuracy wins; lower val loss breaks ties. Without val, the training loss decides.
-    return best is None or _key(val, train) > best
+def _probe_head(
+    head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, num_classes: int, epochs: int
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A copy of the fresh head trained for `epochs` on cached features (the linear-probe pass)."""
+    probe = copy.deepcopy(head)
+    optimizer = make_optimizer(list(probe.named_parameters()), cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        train_head_epoch(probe, train[0], train[1], optimizer, None, loss_fn, cfg.batch_size, generator)
+    return probe, optimizer
 
 
-def _key(val: MetricAccumulator | None, train: EpochStats) -> tuple[float, float]:
-    return (val.accuracy, -val.loss) if val is not None else (0.0, -train.loss)
+def _summaries(
+    evaluate_split: Callable[[Any], MetricAccumulator], class_names: list[str], **splits: Any
+) -> dict[str, Any]:
+    return {name: evaluate_split(data).summary(class_names) for name, data in splits.items() if data is not None}
+
+
+NOT_APPLICABLE = {"status": "not applicable", "reason": "the backbone has no pretrained weights (weights: none)"}
+
+
+def _baseline(
+    cfg: TrainConfig,
+    built: BuiltModel,
+    class_names: list[str],
+    train: SampleSet,
+    val: SampleSet | None,
+    test: SampleSet | None,
+    hooks: TrainingHooks,
+    setup: DeviceSetup,
+) -> dict[str, Any]:
+    """Metrics before fine-tuning: the pretrained backbone with a fresh head after one linear-probe pass."""
+    if cfg.weights == "none":
+        return NOT_APPLICABLE
+    if not cfg.baseline:
+        return {"status": "skipped", "reason": "baseline: false"}
+    n = len(class_names)
+    feats = {
+        name: _features(built, s, cfg, setup, hooks)
+        for name, s in (("train", train), ("val", val), ("test", test))
+        if s is not None
+    }
+    probe, _ = _probe_head(built.head, feats["train"], cfg, n, epochs=1)
+    return {
+        "status": "measured",
+        **_summaries(
+            lambda f: evaluate_head(probe, f[0], f[1], n), class_names, val=feats.get("val"), test=feats.get("test")
+        ),
+    }
 
 
 def _fit_linear(
@@ -236,73 +359,47 @@ def _fit_linear(
     test: SampleSet | None,
     hooks: TrainingHooks,
     setup: DeviceSetup,
+    flops: float | None,
 ) -> FitResult:
     """Frozen backbone: features are computed once, then only the head trains (no augmentation)."""
-    prep = built.preprocessing
-    tf = eval_transform(cfg.image_size, prep.interpolation)
+    apply_strategy(built, "linear")
+    n = len(class_names)
     start = time.perf_counter()
-
-    def features(samples: SampleSet) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = make_loader(
-            samples, tf, eval_batch_size(setup, cfg.batch_size), False, setup, cfg.seed, cfg.num_workers
-        )
-        return extract_features(built.model, built.head, loader, setup, prep, hooks.should_stop)
-
-    train_x, train_y = features(train)
-    val_x, val_y = features(val) if val is not None else (None, None)
+    train_x, train_y = _features(built, train, cfg, setup, hooks)
+    val_f = _features(built, val, cfg, setup, hooks) if val is not None else None
     extraction = time.perf_counter() - start
 
-    num_classes = len(class_names)
     head = built.head
-    optimizer = make_optimizer([(n, p) for n, p in head.named_parameters()], cfg)
-    steps = math.ceil(len(train_y) / cfg.batch_size)
-    scheduler = make_scheduler(optimizer, cfg, steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    initial_head = copy.deepcopy(head)  # the fresh head, for the before-fine-tuning probe
+    optimizer = make_optimizer(list(head.named_parameters()), cfg)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(len(train_y) / cfg.batch_size))
+    weights = class_weights(train.labels, n, cfg.class_weighting)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=weights.to(setup.device) if weights is not None else None, label_smoothing=cfg.label_smoothing
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
-    best_key: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] = _snapshot(head)
-    best_epoch = 1
-    for epoch in range(1, cfg.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        epoch_start = time.perf_counter()
-        stats = train_head_epoch(
-            head,
-            train_x,
-            train_y,
-            optimizer,
-            scheduler,
-            loss_fn,
-            cfg.batch_size,
-            generator,
-            hooks.should_stop,
-        )
-        val_acc = evaluate_head(head, val_x, val_y, num_classes) if val_x is not None else None
-        seconds = time.perf_counter() - epoch_start + (extraction if epoch == 1 else 0.0)
-        if epoch == 1:
-            # The first epoch pays for the feature pass over the training images: count them.
-            stats = EpochStats(stats.loss, stats.accuracy, stats.images, seconds)
-        is_best = _better(val_acc, stats, best_key)
-        if is_best:
-            best_key, best_state, best_epoch = _key(val_acc, stats), _snapshot(head), epoch
-        hooks.on_epoch(
-            EpochReport(
-                epoch=epoch,
-                train=stats,
-                val_loss=val_acc.loss if val_acc else None,
-                val_accuracy=val_acc.accuracy if val_acc else None,
-                learning_rate=lr,
-                seconds=seconds,
-                is_best=is_best,
-            ),
-            built,
-        )
-    head.load_state_dict(best_state)
-    val_metrics = evaluate_head(head, val_x, val_y, num_classes).summary(class_names) if val_x is not None else None
-    test_metrics = None
-    if test is not None and len(test):
-        test_x, test_y = features(test)
-        test_metrics = evaluate_head(head, test_x, test_y, num_classes).summary(class_names)
-    return FitResult(best_epoch, val_metrics, test_metrics, cfg.epochs)
+    # The feature pass is the real work of a linear probe: its time is counted in the first epoch.
+    loop = _Loop(cfg, built, hooks, head, None, None)
+    loop.run(
+        optimizer,
+        lambda: train_head_epoch(
+            head, train_x, train_y, optimizer, scheduler, loss_fn, cfg.batch_size, generator, hooks.should_stop
+        ),
+        lambda: evaluate_head(head, val_f[0], val_f[1], n) if val_f is not None else None,
+        extra_seconds=lambda epoch: extraction if epoch == 1 else 0.0,
+    )
+    test_f = _features(built, test, cfg, setup, hooks) if test is not None and len(test) else None
+    metrics = _summaries(lambda f: evaluate_head(head, f[0], f[1], n), class_names, val=val_f, test=test_f)
+    baseline = NOT_APPLICABLE
+    if cfg.weights != "none":
+        probe, _ = _probe_head(initial_head, (train_x, train_y), cfg, n, epochs=1)
+        baseline = {
+            "status": "measured",
+            **_summaries(lambda f: evaluate_head(probe, f[0], f[1], n), class_names, val=val_f, test=test_f),
+        }
+    return FitResult(
+        loop.best_epoch, metrics.get("val"), metrics.get("test"), loop.epochs_run, baseline, loop.stopped_early
+    )
 
 
 def _fit_finetune(
@@ -314,37 +411,33 @@ def _fit_finetune(
     test: SampleSet | None,
     hooks: TrainingHooks,
     setup: DeviceSetup,
+    flops: float | None,
 ) -> FitResult:
-    """partial / full: the unfrozen backbone stages train with the head on augmented images."""
+    """partial / full / lora: the backbone (or its adapters) train with the head on augmented images."""
+    n = len(class_names)
+    trainable = apply_strategy(built, cfg.strategy, cfg.unfreeze_stages, cfg.lora_rank, cfg.lora_alpha)
+    if not trainable:
+        raise ValueError("the strategy leaves no trainable parameters")
     prep = built.preprocessing
     model = built.model
-    num_classes = len(class_names)
-    train_loader = make_loader(
-        train,
-        train_transform(cfg.image_size, prep.interpolation, cfg.augment),
-        cfg.batch_size,
-        True,
-        setup,
-        cfg.seed,
-        cfg.num_workers,
-    )
-    eval_tf = eval_transform(cfg.image_size, prep.interpolation)
-    eval_bs = eval_batch_size(setup, cfg.batch_size)
-    val_loader = make_loader(val, eval_tf, eval_bs, False, setup, cfg.seed, cfg.num_workers) if val else None
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = make_optimizer(named, cfg)
-    scheduler = make_scheduler(optimizer, cfg, len(train_loader))
+    runner: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
+    train_batches = batches(train, cfg, setup, True, prep.interpolation)
+    val_batches = batches(val, cfg, setup, False, prep.interpolation) if val is not None else None
+    depths = None if built.lora else stage_depths(built)
+    optimizer = make_optimizer([(nm, p) for nm, p in model.named_parameters() if p.requires_grad], cfg, depths)
+    scheduler = make_scheduler(optimizer, cfg, len(train_batches))
     scaler = torch.amp.GradScaler(setup.device.type) if setup.needs_scaler() else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    best_key: tuple[float, float] | None = None
-    best_state = _snapshot(model)
-    best_epoch = 1
-    for epoch in range(1, cfg.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        epoch_start = time.perf_counter()
-        stats = train_one_epoch(
-            model,
-            train_loader,
+    weights = class_weights(train.labels, n, cfg.class_weighting)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=weights.to(setup.device) if weights is not None else None, label_smoothing=cfg.label_smoothing
+    )
+    mixer = BatchMixer(n, cfg.mixup_prob, cfg.cutmix_prob, torch.Generator().manual_seed(cfg.seed + 1))
+    loop = _Loop(cfg, built, hooks, model, flops, peak_flops(setup.device, setup.amp_dtype is not None))
+    loop.run(
+        optimizer,
+        lambda: train_one_epoch(
+            runner,
+            train_batches,
             optimizer,
             scheduler,
             loss_fn,
@@ -353,27 +446,12 @@ def _fit_finetune(
             hooks.should_stop,
             scaler,
             cfg.grad_clip,
-        )
-        val_acc = evaluate(model, val_loader, setup, prep, num_classes, hooks.should_stop) if val_loader else None
-        is_best = _better(val_acc, stats, best_key)
-        if is_best:
-            best_key, best_state, best_epoch = _key(val_acc, stats), _snapshot(model), epoch
-        hooks.on_epoch(
-            EpochReport(
-                epoch=epoch,
-                train=stats,
-                val_loss=val_acc.loss if val_acc else None,
-                val_accuracy=val_acc.accuracy if val_acc else None,
-                learning_rate=lr,
-                seconds=time.perf_counter() - epoch_start,
-                is_best=is_best,
-            ),
-            built,
-        )
-    model.load_state_dict(best_state)
-    val_metrics = evaluate(model, val_loader, setup, prep, num_classes).summary(class_names) if val_loader else None
-    test_metrics = None
-    if test is not None and len(test):
-        test_loader = make_loader(test, eval_tf, eval_bs, False, setup, cfg.seed, cfg.num_workers)
-        test_metrics = evaluate(model, test_loader, setup, prep, num_classes).summary(class_names)
-    return FitResult(best_epoch, val_metrics, test_metrics, cfg.epochs)
+            mixer if mixer.active else None,
+        ),
+        lambda: evaluate(runner, val_batches, setup, prep, n, hooks.should_stop) if val_batches else None,
+    )
+    test_batches = batches(test, cfg, setup, False, prep.interpolation) if test is not None and len(test) else None
+    metrics = _summaries(lambda b: evaluate(runner, b, setup, prep, n), class_names, val=val_batches, test=test_batches)
+    return FitResult(
+        loop.best_epoch, metrics.get("val"), metrics.get("test"), loop.epochs_run, stopped_early=loop.stopped_early
+    )

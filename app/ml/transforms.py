@@ -16,21 +16,6 @@ def eval_transform(image_size: int, interpolation: str = "bilinear") -> Callable
     return v2.Compose([v2.Resize(image_size, interpolation=mode, antialias=True), v2.CenterCrop(image_size)])
 
 
-def train_transform(
-    image_size: int, interpolation: str = "bilinear", augment: bool = True
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Random resized crop and horizontal flip (or the eval transform when augment is off)."""
-    if not augment:
-        return eval_transform(image_size, interpolation)
-    mode = _INTERPOLATION.get(interpolation, InterpolationMode.BILINEAR)
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), interpolation=mode, antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
-    )
-
-
 def normalize_batch(
     images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import after_commit
 from app.errors import Conflict, InvalidInput, NotFound
-from app.ml.backbones import count_stages, known_architecture
+from app.ml.backbones import build_model, count_stages, known_architecture
 from app.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, JobStatus, ModelVersion
 from app.schemas import JobCreate
 
@@ -34,6 +35,14 @@ def validate_job_request(session: Session, req: JobCreate) -> Dataset:
             raise InvalidInput(
                 f"weights must be 'imagenet', 'none' or a weights file on the server; {req.weights!r} is none"
             )
+    if req.strategy == "lora" and req.weights == "none":
+        raise InvalidInput("lora adapts pretrained weights; with weights 'none' use strategy 'full'")
+    if req.strategy == "lora":
+        from app.ml.strategies import lora_targets
+
+        with torch.device("meta"):
+            if not lora_targets(build_model(req.arch, 2, "none")):
+                raise InvalidInput(f"LoRA finds no linear or dense convolution layers to adapt in {req.arch}")
     if req.strategy == "partial":
         stages = count_stages(req.arch)
         if req.unfreeze_stages > stages:
@@ -112,3 +121,36 @@ def best_checkpoint(session: Session, job: Job) -> Checkpoint | None:
 
 def job_version(session: Session, job: Job) -> int | None:
     return session.scalar(select(ModelVersion.version).where(ModelVersion.job_id == job.id))
+
+
+def confusion_png(session: Session, job_id: uuid.UUID, split: str) -> bytes:
+    """The confusion matrix of the job's best checkpoint on split, as PNG; 409 until it exists."""
+    from app.ml.plots import confusion_png as render
+
+    job = get_job(session, job_id)
+    metrics = job.test_metrics if split == "test" else job.val_metrics
+    if not metrics:
+        reason = "the dataset has no test split" if job.status == JobStatus.succeeded else f"the job is {job.status}"
+        raise Conflict(f"no {split} confusion matrix for job {job_id}: {reason}")
+    classes = list(metrics["per_class"])
+    return render(metrics["confusion_matrix"], classes, f"{job.model_name} ({job.arch}), {split}")
+
+
+def curves_png(session: Session, job_id: uuid.UUID) -> bytes:
+    """Loss/accuracy curves per epoch as PNG; 409 before the first epoch."""
+    from app.ml.plots import curves_png as render
+
+    job = get_job(session, job_id)
+    if not job.epochs:
+        raise Conflict(f"job {job_id} has no finished epoch yet (status {job.status})")
+    rows = [
+        {
+            "epoch": e.epoch,
+            "train_loss": e.train_loss,
+            "val_loss": e.val_loss,
+            "train_accuracy": e.train_accuracy,
+            "val_accuracy": e.val_accuracy,
+        }
+        for e in job.epochs
+    ]
+    return render(rows, f"{job.model_name} ({job.arch}, {job.strategy})")

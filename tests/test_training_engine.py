@@ -1,0 +1,172 @@
+"""Issue 3's knobs on CPU: discriminative LRs, LoRA, schedules, class weights, early stopping, augmentation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.ml.augment import AUGMENTATIONS, BatchMixer, random_resized_crop_batch, resize_batch, train_transform
+from app.ml.backbones import build_model
+from app.ml.data import DeviceBatches, SampleSet
+from app.ml.engine import DeviceSetup, train_one_epoch
+from app.ml.optim import EarlyStopping, class_weights, lr_factor, make_optimizer, stage_depths
+from app.ml.predictor import LoadedModel
+from app.ml.strategies import apply_strategy, export_state_dict, lora_targets
+from app.ml.trainer import TrainConfig, fit, make_loader
+
+
+def tiny_samples(n: int = 12, size: int = 32, classes: int = 2) -> SampleSet:
+    rng = np.random.default_rng(0)
+    return SampleSet(labels=np.arange(n) % classes, arrays=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8))
+
+
+def test_discriminative_learning_rates_in_param_groups():
+    built = build_model("resnet18", 3, "none")
+    apply_strategy(built, "full")
+    cfg = TrainConfig(arch="resnet18", weights="none", learning_rate=0.1, lr_decay=0.5)
+    opt = make_optimizer(list(built.model.named_parameters()), cfg, stage_depths(built))
+    lrs = {(g["depth"], g["weight_decay"] > 0): g["lr"] for g in opt.param_groups}
+    for depth in range(6):  # head 0, layer4 1, ..., stem 5
+        assert lrs[(depth, True)] == pytest.approx(0.1 * 0.5**depth)
+    stem = next(g for g in opt.param_groups if any(p is built.model.conv1.weight for p in g["params"]))
+    head = next(g for g in opt.param_groups if any(p is built.model.fc.weight for p in g["params"]))
+    assert stem["lr"] == pytest.approx(0.1 * 0.5**5) and head["lr"] == pytest.approx(0.1)
+    assert TrainConfig(arch="x").lr_decay == 0.75 and TrainConfig(arch="x", weights="none").lr_decay == 1.0
+
+
+def test_lora_trains_adapters_only_and_merges_for_serving(tmp_path):
+    built = build_model("efficientnet_lite0", 2, "imagenet")
+    original = {k: v.clone() for k, v in built.model.state_dict().items()}
+    targets = lora_targets(built)
+    assert "conv_head" in targets and "classifier" not in targets and "blocks.1.0.conv_dw" not in targets
+    params = apply_strategy(built, "lora", lora_rank=4, lora_alpha=8)
+    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    assert sum(p.numel() for p in params) < 0.1 * sum(v.numel() for v in original.values())
+    setup = DeviceSetup.for_device("cpu")
+    loader = make_loader(tiny_samples(), train_transform(32), 6, True, setup, 0, 0)
+    opt = make_optimizer(
+        [(n, p) for n, p in built.model.named_parameters() if p.requires_grad],
+        TrainConfig(arch="efficientnet_lite0", learning_rate=0.05),
+    )
+    train_one_epoch(built.model, loader, opt, None, torch.nn.CrossEntropyLoss(), setup, built.preprocessing)
+    merged = export_state_dict(built)
+    assert set(merged) == set(original)  # plain keys: the served model needs no peft
+    assert torch.equal(merged["bn1.running_mean"], original["bn1.running_mean"])  # frozen BN untouched
+    assert not torch.equal(merged["conv_head.weight"], original["conv_head.weight"])  # adapter merged in
+    assert torch.equal(merged["blocks.1.0.conv_dw.weight"], original["blocks.1.0.conv_dw.weight"])
+    meta = {
+        "arch": "efficientnet_lite0",
+        "class_names": ["a", "b"],
+        "image_size": 32,
+        "preprocessing": built.preprocessing.as_dict(),
+    }
+    served = LoadedModel(merged, meta)
+    assert len(served.predict([Image.new("RGB", (32, 32), "blue")], top_k=2)[0]) == 2
+
+
+def test_schedules():
+    total = 100
+    assert lr_factor(0, total, 0, "cosine") == pytest.approx(1.0)
+    assert lr_factor(50, total, 0, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, total, 0, "cosine") < 0.01
+    assert lr_factor(4, total, 10, "cosine") == pytest.approx(0.5)  # linear warmup
+    assert lr_factor(37, total, 10, "constant") == 1.0
+    assert lr_factor(0, total, 0, "onecycle") == pytest.approx(1 / 25)
+    assert lr_factor(30, total, 0, "onecycle") == pytest.approx(1.0)
+    assert lr_factor(100, total, 0, "onecycle") == pytest.approx(1e-4)
+
+
+def test_balanced_class_weights():
+    weights = class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
+    assert weights.tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+    assert class_weights(np.array([0, 1]), 2, "none") is None
+
+
+def test_early_stopping_counts_epochs_without_gain():
+    stop = EarlyStopping(patience=2, min_delta=0.01)
+    assert [stop.update(s) for s in (0.5, 0.6, 0.605, 0.6)] == [False, False, False, True]
+    assert not EarlyStopping(None).update(0.1)
+
+
+@pytest.mark.parametrize("preset", AUGMENTATIONS)
+def test_augmentation_presets_keep_the_image_size(preset):
+    out = train_transform(48, preset)(torch.randint(0, 255, (3, 32, 40), dtype=torch.uint8))
+    assert out.shape == (3, 48, 48) and out.dtype == torch.uint8
+
+
+def test_mixup_and_cutmix_give_soft_targets():
+    mixer = BatchMixer(4, mixup_prob=0.5, cutmix_prob=0.5, generator=torch.Generator().manual_seed(0))
+    images, labels = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
+    mixed, soft = mixer(images, labels)
+    assert mixed.shape == images.shape and soft.shape == (8, 4)
+    assert torch.allclose(soft.sum(1), torch.ones(8))
+    assert not BatchMixer(4, 0, 0, torch.Generator()).active
+
+
+def test_device_side_crops():
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.full((5, 3, 32, 32), 77.0)
+    out = random_resized_crop_batch(flat, 64, gen)
+    assert out.shape == (5, 3, 64, 64) and torch.allclose(out, torch.full_like(out, 77.0))
+    ramp = torch.arange(32.0).expand(1, 3, 32, 32).repeat(64, 1, 1, 1)
+    crops = random_resized_crop_batch(ramp, 16, gen)
+    slopes = crops[:, 0, 8, -1] - crops[:, 0, 8, 0]
+    assert (slopes > 0).any() and (slopes < 0).any()  # some flipped, some not
+    assert resize_batch(flat, 32) is flat and resize_batch(flat, 48).shape[-1] == 48
+    batches = DeviceBatches(tiny_samples(10), 4, 48, torch.device("cpu"), train=True, augment=True, seed=0)
+    got = list(batches)
+    assert [b.shape[0] for b, _ in got] == [4, 4, 2] and got[0][0].shape[1:] == (3, 48, 48)
+    assert sorted(torch.cat([y for _, y in got]).tolist()) == sorted(tiny_samples(10).labels.tolist())
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.reports = []
+
+    def should_stop(self) -> bool:
+        return False
+
+    def on_epoch(self, report, built) -> None:
+        self.reports.append(report)
+
+
+def test_fit_with_mixup_early_stopping_and_baseline_not_applicable():
+    samples = tiny_samples(24, classes=3)
+    cfg = TrainConfig(
+        arch="resnet18",
+        weights="none",
+        strategy="full",
+        epochs=6,
+        batch_size=8,
+        image_size=32,
+        learning_rate=1e-9,
+        early_stopping_patience=1,
+        mixup_prob=0.5,
+        cutmix_prob=0.3,
+        augmentation="trivialaugment",
+        class_weighting="balanced",
+        schedule="onecycle",
+    )
+    hooks = Hooks()
+    result = fit(cfg, ["a", "b", "c"], {"train": samples, "test": samples}, hooks, DeviceSetup.for_device("cpu"))
+    assert result.stopped_early and result.epochs_run == len(hooks.reports) < 6
+    assert result.baseline["status"] == "not applicable"
+    assert result.flops_per_image and result.flops_per_image > 1e6
+    assert all(r.tflops and r.tflops > 0 and r.mfu is None for r in hooks.reports)  # no known peak on a CPU
+
+
+def test_fit_linear_reports_the_model_before_fine_tuning():
+    samples = tiny_samples(30, classes=3)
+    cfg = TrainConfig(
+        arch="efficientnet_lite0", strategy="linear", epochs=3, batch_size=8, image_size=32, learning_rate=0.01
+    )
+    result = fit(cfg, ["a", "b", "c"], {"train": samples, "test": samples}, Hooks(), DeviceSetup.for_device("cpu"))
+    assert result.baseline["status"] == "measured"
+    assert set(result.baseline) == {"status", "val", "test"}
+    assert result.baseline["test"]["count"] == 30 and 0 <= result.baseline["test"]["accuracy"] <= 1
+    assert math.isfinite(result.test_metrics["loss"])
