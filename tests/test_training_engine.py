@@ -170,3 +170,17 @@ def test_fit_linear_reports_the_model_before_fine_tuning():
     assert set(result.baseline) == {"status", "val", "test"}
     assert result.baseline["test"]["count"] == 30 and 0 <= result.baseline["test"]["accuracy"] <= 1
     assert math.isfinite(result.test_metrics["loss"])
+
+
+def test_small_image_folders_are_decoded_once(tmp_path):
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (80, 40), (i * 50, 0, 0)).save(path)
+        paths.append(path)
+    samples = SampleSet(labels=np.array([0, 1, 0, 1]), paths=paths)
+    cached = samples.decode_all(max_side=20, budget_bytes=10**6)
+    assert cached.decoded is not None and cached.decoded[0].shape == (20, 40, 3)
+    assert cached.image(3).shape == (3, 20, 40) and int(cached.image(3)[0, 0, 0]) == 150
+    assert cached.subset([1]).decoded[0].shape == (20, 40, 3)
+    assert samples.decode_all(max_side=20, budget_bytes=100).decoded is None  # over budget: files stay files

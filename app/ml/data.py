@@ -268,6 +268,8 @@ class SampleSet:
         """Decode every file once, shrunk so the shorter side is at most max_side; self if over budget."""
         if self.paths is None or self.decoded is not None:
             return self
+        if len(self.paths) * max_side * max_side * 3 > budget_bytes:
+            return self  # clearly too large: do not spend a decode pass finding out
         decoded: list[np.ndarray] = []
         used = 0
         for path in self.paths:
@@ -277,7 +279,7 @@ class SampleSet:
                 img = img.resize(
                     (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR
                 )
-            array = np.asarray(img, dtype=np.uint8)
+            array = np.array(img, dtype=np.uint8)  # a writable copy, as torch wants
             used += array.nbytes
             if used > budget_bytes:
                 return self
