@@ -105,8 +105,13 @@ def main() -> int:
     rows = [("plain fp32 loop", plain, peak_flops(setup.device, False)), ("visiontune engine", ours, peak)]
     print(f"resnet50 training at {size} px, batch {batch}, {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"{'':22}{'images/s':>10}{'TFLOP/s':>10}{'MFU':>8}")
-    result = {"device": torch.cuda.get_device_name(), "batch_size": batch, "image_size": size,
-              "amp_dtype": str(setup.amp_dtype), "rows": {}}
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "batch_size": batch,
+        "image_size": size,
+        "amp_dtype": str(setup.amp_dtype),
+        "rows": {},
+    }
     for name, ips, pk in rows:
         tflops = 3 * flops * ips / 1e12
         mfu = tflops * 1e12 / pk if pk else None
