@@ -26,6 +26,16 @@ class Settings(BaseSettings):
     max_predict_images: int = Field(default=64, description="Most images in one /predict request")
     max_predict_image_bytes: int = Field(default=20 * 1024**2, description="Largest image /predict accepts")
     lease_seconds: float = Field(default=60.0, description="How long a worker's claim on a job lasts unrenewed")
+    max_attempts: int = Field(
+        default=3, description="Default attempts a job gets before a crashing worker or transient error fails it"
+    )
+    retry_backoff_seconds: float = Field(
+        default=5.0, description="Wait before retry n is retry_backoff_seconds * 2**(n-1) (capped at 10 min)"
+    )
+    reaper_interval_seconds: float = Field(default=5.0, description="How often the reaper looks for stuck jobs")
+    requeue_grace_seconds: float = Field(
+        default=30.0, description="A queued job whose task the broker no longer holds is re-sent after this long"
+    )
     predict_device: str = Field(default="cpu", description="Device the API process serves /predict on")
     torch_threads: int | None = Field(default=None, description="Intra-op threads for training/serving")
     host: str = "127.0.0.1"

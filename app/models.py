@@ -69,6 +69,16 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Durability: failed attempts (crashed worker, transient error) count towards max_attempts; a retried job
+    # waits in `queued` until retry_after; enqueued_at is when its task was last sent to the broker.
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_epoch: Mapped[int | None] = mapped_column(Integer)  # last epoch with a resumable checkpoint
+    last_step: Mapped[int | None] = mapped_column(Integer)  # optimizer steps taken up to that checkpoint
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     val_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -117,6 +127,10 @@ class Checkpoint(Base):
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False)
     pruned: Mapped[bool] = mapped_column(Boolean, default=False)  # file removed: neither best nor latest
+    # The full training state (optimizer, scheduler, RNG, ...) a re-claimed job resumes from; kept for the
+    # latest two epochs, so a corrupted latest file falls back to the one before.
+    state_path: Mapped[str | None] = mapped_column(Text)
+    state_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

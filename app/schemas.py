@@ -109,6 +109,13 @@ class JobCreate(BaseModel):
     baseline: bool = Field(
         default=True, description="also measure the model before fine-tuning (one linear-probe pass)"
     )
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=20,
+        description="attempts before a job whose worker keeps dying (or hits transient errors) fails; "
+        "default: the server's VISIONTUNE_MAX_ATTEMPTS (3)",
+    )
 
     @model_validator(mode="after")
     def _mixing(self) -> JobCreate:
@@ -152,7 +159,11 @@ class JobSummary(BaseModel):
     arch: str
     weights: str
     strategy: str
-    attempt: int
+    attempt: int = Field(description="claims so far (the fencing token of the current worker)")
+    failures: int = Field(description="attempts lost to a crashed worker or a transient error")
+    max_attempts: int
+    retry_after: datetime | None = Field(description="a retried job waits in `queued` until then")
+    last_epoch: int | None = Field(description="last epoch with a resumable checkpoint")
     error: str | None
     best_epoch: int | None
     created_at: datetime
