@@ -8,19 +8,16 @@ import torch
 
 from app.ml.data import SampleSet
 from app.ml.engine import DeviceSetup
-from app.ml.trainer import TrainConfig, fit
+from app.ml.trainer import BaseHooks, TrainConfig, fit
 
 pytestmark = pytest.mark.gpu
 
 
-class Recorder:
+class Recorder(BaseHooks):
     def __init__(self) -> None:
         self.reports = []
 
-    def should_stop(self) -> bool:
-        return False
-
-    def on_epoch(self, report, built) -> None:
+    def on_epoch(self, report, built, state) -> None:
         assert next(built.model.parameters()).device.type == "cuda"
         self.reports.append(report)
 

@@ -16,7 +16,7 @@ from app.ml.engine import DeviceSetup, train_one_epoch
 from app.ml.optim import EarlyStopping, class_weights, lr_factor, make_optimizer, stage_depths
 from app.ml.predictor import LoadedModel
 from app.ml.strategies import apply_strategy, export_state_dict, lora_targets
-from app.ml.trainer import TrainConfig, fit, make_loader
+from app.ml.trainer import BaseHooks, TrainConfig, fit, make_loader
 
 
 def tiny_samples(n: int = 12, size: int = 32, classes: int = 2) -> SampleSet:
@@ -124,14 +124,11 @@ def test_device_side_crops():
     assert sorted(torch.cat([y for _, y in got]).tolist()) == sorted(tiny_samples(10).labels.tolist())
 
 
-class Hooks:
+class Hooks(BaseHooks):
     def __init__(self) -> None:
         self.reports = []
 
-    def should_stop(self) -> bool:
-        return False
-
-    def on_epoch(self, report, built) -> None:
+    def on_epoch(self, report, built, state) -> None:
         self.reports.append(report)
 
 

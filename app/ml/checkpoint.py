@@ -60,3 +60,28 @@ def load_checkpoint(path: Path, sha256: str | None = None) -> tuple[dict[str, to
     header = json.loads(data[8 : 8 + header_len])
     metadata = json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "{}"))
     return load_safetensors_bytes(data), metadata
+
+
+def save_training_state(path: Path, state: dict[str, Any]) -> tuple[str, int]:
+    """Write a resumable training state (tensors, numbers, lists, dicts) atomically; (sha256, size)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def load_training_state(path: Path, sha256: str) -> dict[str, Any]:
+    """The training state at path, refusing a missing file or one whose hash differs from sha256."""
+    import io
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"training state {path} cannot be read: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"training state {path} does not match its recorded sha256 (corrupted on disk)")
+    # weights_only: the file holds plain containers and tensors; nothing in it may run code when loaded.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -107,12 +108,71 @@ class FitResult:
     baseline: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False
     flops_per_image: float | None = None
+    resumed_from: int | None = None  # set when this run continued a checkpointed one after that epoch
+
+
+TrainingState = dict[str, Any]
 
 
 class TrainingHooks(Protocol):
     def should_stop(self) -> bool: ...
 
-    def on_epoch(self, report: EpochReport, built: BuiltModel) -> None: ...
+    def on_epoch(self, report: EpochReport, built: BuiltModel, state: Callable[[], TrainingState]) -> None:
+        """An epoch ended; state() builds the resumable training state (call it to checkpoint)."""
+
+    def resume_state(self) -> TrainingState | None:
+        """The training state to continue from (a re-claimed job), or None to start at epoch 1."""
+
+    def saved_baseline(self) -> dict[str, Any] | None:
+        """Before-fine-tuning metrics an earlier attempt already measured, if any."""
+
+    def on_baseline(self, baseline: dict[str, Any]) -> None:
+        """Before-fine-tuning metrics were measured (persist them so a resumed attempt skips the pass)."""
+
+
+class BaseHooks:
+    """Hooks that never stop, record nothing and start fresh: subclass and override what you need."""
+
+    def should_stop(self) -> bool:
+        return False
+
+    def on_epoch(self, report: EpochReport, built: BuiltModel, state: Callable[[], TrainingState]) -> None:
+        return None
+
+    def resume_state(self) -> TrainingState | None:
+        return None
+
+    def saved_baseline(self) -> dict[str, Any] | None:
+        return None
+
+    def on_baseline(self, baseline: dict[str, Any]) -> None:
+        return None
+
+
+def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Every random stream training draws from: torch (CPU, CUDA), numpy, python, and the job's generators."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": random.getstate(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+
+
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Put back what capture_rng() took, so a resumed run draws the same numbers as an uninterrupted one."""
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    for key, g in generators.items():
+        if key in state["generators"]:
+            g.set_state(state["generators"][key])
 
 
 def default_num_workers(samples: SampleSet) -> int:
@@ -143,7 +203,9 @@ def make_loader(
         shuffle=shuffle,
         num_workers=workers,
         pin_memory=setup.device.type == "cuda",
-        persistent_workers=workers > 0,
+        # Fresh workers each epoch, seeded from `generator`: a resumed job then augments exactly as an
+        # uninterrupted one (persistent workers would carry their random state across epochs).
+        persistent_workers=False,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
     )
 
@@ -174,6 +236,12 @@ def batches(
         else eval_transform(cfg.image_size, interpolation)
     )
     return make_loader(samples, transform, size, train, setup, cfg.seed, cfg.num_workers)
+
+
+def loader_generators(source: torch.utils.data.DataLoader | DeviceBatches) -> dict[str, torch.Generator]:
+    """The generator that orders (and, on the device, augments) training batches, for resuming."""
+    generator = getattr(source, "generator", None)
+    return {"batches": generator} if isinstance(generator, torch.Generator) else {}
 
 
 def split_train_val(splits: dict[str, SampleSet], cfg: TrainConfig) -> tuple[SampleSet, SampleSet | None]:
@@ -213,6 +281,7 @@ class _Loop:
     best_epoch: int = 1
     epochs_run: int = 0
     stopped_early: bool = False
+    resumed_from: int | None = None  # the epoch a resumed attempt continued after
 
     def run(
         self,
@@ -220,10 +289,38 @@ class _Loop:
         train_step: Callable[[], EpochStats],
         validate: Callable[[], MetricAccumulator | None],
         extra_seconds: Callable[[int], float] = lambda _epoch: 0.0,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        generators: dict[str, torch.Generator] | None = None,
     ) -> None:
+        generators = generators or {}
         stopper = EarlyStopping(self.cfg.early_stopping_patience, self.cfg.early_stopping_min_delta)
         self.best_state = _snapshot(self.state_of)
-        for epoch in range(1, self.cfg.epochs + 1):
+        first = 1
+        resume = self.hooks.resume_state()
+        if resume is not None:
+            first = self._restore(resume, optimizer, scheduler, scaler, stopper, generators) + 1
+
+        def state(epoch: int) -> Callable[[], TrainingState]:
+            return lambda: {
+                "epoch": epoch,
+                "step": scheduler.last_epoch if scheduler is not None else None,
+                "stopped_early": self.stopped_early,
+                "model": self.state_of.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "best_key": list(self.best_key) if self.best_key is not None else None,
+                "best_epoch": self.best_epoch,
+                # The best weights are the model's own when this epoch is the best (saves a copy on disk).
+                "best_state": None if self.best_epoch == epoch else self.best_state,
+                "stopper": [stopper.best, stopper.stale],
+                "rng": capture_rng(generators),
+            }
+
+        for epoch in range(first, self.cfg.epochs + 1):
+            if self.stopped_early:
+                break
             lr = max(group["lr"] for group in optimizer.param_groups)
             start = time.perf_counter()
             stats = train_step()
@@ -240,6 +337,7 @@ class _Loop:
                 tflops = achieved * stats.images_per_second / 1e12
                 mfu = tflops * 1e12 / self.peak if self.peak else None
             self.epochs_run = epoch
+            self.stopped_early = stopper.update(val.accuracy if val else None)
             self.hooks.on_epoch(
                 EpochReport(
                     epoch,
@@ -253,11 +351,37 @@ class _Loop:
                     mfu,
                 ),
                 self.built,
+                state(epoch),
             )
-            if stopper.update(val.accuracy if val else None):
-                self.stopped_early = True
-                break
         self.state_of.load_state_dict(self.best_state)
+
+    def _restore(
+        self,
+        resume: TrainingState,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        scaler: torch.amp.GradScaler | None,
+        stopper: EarlyStopping,
+        generators: dict[str, torch.Generator],
+    ) -> int:
+        """Load a training state saved at the end of an epoch; returns that epoch."""
+        self.state_of.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None and resume["scheduler"] is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume["scaler"] is not None:
+            scaler.load_state_dict(resume["scaler"])
+        epoch = int(resume["epoch"])
+        self.best_key = tuple(resume["best_key"]) if resume["best_key"] is not None else None  # type: ignore[assignment]
+        self.best_epoch = int(resume["best_epoch"])
+        best = resume["best_state"]
+        self.best_state = _snapshot(self.state_of) if best is None else best
+        stopper.best, stopper.stale = float(resume["stopper"][0]), int(resume["stopper"][1])
+        restore_rng(resume["rng"], generators)
+        self.epochs_run = epoch
+        self.stopped_early = bool(resume["stopped_early"])
+        self.resumed_from = epoch
+        return epoch
 
 
 def fit(
@@ -284,7 +408,10 @@ def fit(
     if cfg.strategy == "linear":
         result = _fit_linear(cfg, built, class_names, train, val, test, hooks, setup, flops)
     else:
-        baseline = _baseline(cfg, built, class_names, train, val, test, hooks, setup)
+        baseline = hooks.saved_baseline()
+        if baseline is None:
+            baseline = _baseline(cfg, built, class_names, train, val, test, hooks, setup)
+            hooks.on_baseline(baseline)
         result = _fit_finetune(cfg, built, class_names, train, val, test, hooks, setup, flops)
         result.baseline = baseline
     result.flops_per_image = flops
@@ -387,6 +514,8 @@ def _fit_linear(
         ),
         lambda: evaluate_head(head, val_f[0], val_f[1], n) if val_f is not None else None,
         extra_seconds=lambda epoch: extraction if epoch == 1 else 0.0,
+        scheduler=scheduler,
+        generators={"head": generator},
     )
     test_f = _features(built, test, cfg, setup, hooks) if test is not None and len(test) else None
     metrics = _summaries(lambda f: evaluate_head(head, f[0], f[1], n), class_names, val=val_f, test=test_f)
@@ -398,7 +527,13 @@ def _fit_linear(
             **_summaries(lambda f: evaluate_head(probe, f[0], f[1], n), class_names, val=val_f, test=test_f),
         }
     return FitResult(
-        loop.best_epoch, metrics.get("val"), metrics.get("test"), loop.epochs_run, baseline, loop.stopped_early
+        loop.best_epoch,
+        metrics.get("val"),
+        metrics.get("test"),
+        loop.epochs_run,
+        baseline,
+        loop.stopped_early,
+        resumed_from=loop.resumed_from,
     )
 
 
@@ -449,9 +584,17 @@ def _fit_finetune(
             mixer if mixer.active else None,
         ),
         lambda: evaluate(runner, val_batches, setup, prep, n, hooks.should_stop) if val_batches else None,
+        scheduler=scheduler,
+        scaler=scaler,
+        generators={"mixer": mixer.generator, **loader_generators(train_batches)},
     )
     test_batches = batches(test, cfg, setup, False, prep.interpolation) if test is not None and len(test) else None
     metrics = _summaries(lambda b: evaluate(runner, b, setup, prep, n), class_names, val=val_batches, test=test_batches)
     return FitResult(
-        loop.best_epoch, metrics.get("val"), metrics.get("test"), loop.epochs_run, stopped_early=loop.stopped_early
+        loop.best_epoch,
+        metrics.get("val"),
+        metrics.get("test"),
+        loop.epochs_run,
+        stopped_early=loop.stopped_early,
+        resumed_from=loop.resumed_from,
     )
