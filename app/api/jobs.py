@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from app.api.deps import SessionDep
 from app.models import Job
@@ -31,10 +31,33 @@ def to_detail(session: SessionDep, job: Job) -> JobDetail:
     )
 
 
-@router.post("", status_code=202, response_model=JobDetail, summary="Start a fine-tuning job")
-def create_job(body: JobCreate, session: SessionDep, request: Request) -> JobDetail:
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobDetail,
+    summary="Start a fine-tuning job",
+    responses={200: {"description": "replayed: this Idempotency-Key already created the job"}},
+)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="Retry-safe submission: the same key and body return the job the first request created "
+            "(200); the same key with another body is a 409."
+        ),
+    ] = None,
+) -> JobDetail:
     """Validate and queue a job; a worker picks it up. Poll GET /jobs/{id} for its epochs."""
-    job = service.submit_job(session, body, request.app.state.enqueue)
+    settings = request.app.state.settings
+    job, created = service.submit_idempotent(
+        session, body, request.app.state.enqueue, idempotency_key, settings.max_attempts
+    )
+    if not created:
+        response.status_code = 200
     return to_detail(session, job)
 
 

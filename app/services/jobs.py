@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import torch
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import after_commit
@@ -57,7 +60,22 @@ def validate_job_request(session: Session, req: JobCreate) -> Dataset:
     return dataset
 
 
-def submit_job(session: Session, req: JobCreate, enqueue: Enqueue) -> Job:
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+def request_digest(req: JobCreate) -> str:
+    """sha256 of the request with every default filled in: equal bodies, equal digests."""
+    canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit_job(
+    session: Session,
+    req: JobCreate,
+    enqueue: Enqueue,
+    default_max_attempts: int = 3,
+    idempotency_key: str | None = None,
+) -> Job:
     """Store a queued job and enqueue its task once the row is committed."""
     validate_job_request(session, req)
     config = req.model_dump(mode="json")
@@ -69,12 +87,50 @@ def submit_job(session: Session, req: JobCreate, enqueue: Enqueue) -> Job:
         strategy=req.strategy,
         config=config,
         status=JobStatus.queued,
+        max_attempts=req.max_attempts or default_max_attempts,
+        # Sent right after the commit; if that send is lost, the reaper re-sends it (see worker/reaper.py).
+        enqueued_at=datetime.now(UTC),
+        idempotency_key=idempotency_key,
+        request_sha256=request_digest(req) if idempotency_key else None,
     )
     session.add(job)
     session.flush()
     job_id = job.id
     after_commit(session, lambda: enqueue(job_id))
     return job
+
+
+def _replay(existing: Job, req: JobCreate, key: str) -> Job:
+    if existing.request_sha256 != request_digest(req):
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used for job {existing.id} with a different request body; "
+            "use a new key for a new job"
+        )
+    return existing
+
+
+def submit_idempotent(
+    session: Session, req: JobCreate, enqueue: Enqueue, key: str | None, default_max_attempts: int = 3
+) -> tuple[Job, bool]:
+    """submit_job, once per Idempotency-Key: (job, created). The same key and body returns the first job;
+    the same key with another body is a 409."""
+    if key is None:
+        return submit_job(session, req, enqueue, default_max_attempts), True
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters")
+    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+    if existing is not None:
+        return _replay(existing, req, key), False
+    try:
+        return submit_job(session, req, enqueue, default_max_attempts, key), True
+    except IntegrityError:
+        # A concurrent request with the same key inserted first: answer with its job.
+        session.rollback()
+        session.info.pop("after_commit", None)
+        existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+        if existing is None:
+            raise
+        return _replay(existing, req, key), False
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job:
@@ -96,7 +152,10 @@ def list_jobs(session: Session, status: str | None, limit: int, offset: int) -> 
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
-    """Cancel a queued job at once; ask a running one to stop (its worker ends it within a batch)."""
+    """Cancel a queued job (also one waiting to retry) at once; ask a running one to stop within a batch.
+
+    A running job whose worker died is canceled by the reaper when its lease runs out, never retried.
+    """
     job = get_job(session, job_id)
     now = datetime.now(UTC)
     # Conditional updates: the worker may claim or finish the job between our read and our write.
