@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="one Celery training worker per visible GPU (one on CPU without GPUs)")
     proc = sub.add_parser("worker-process", help="a single Celery worker (started by `worker`)")
     proc.add_argument("--name", default="cpu")
+    sub.add_parser("reaper", help="requeue jobs of dead workers and re-send tasks the broker lost (loop)")
     sub.add_parser("migrate", help="alembic upgrade head on the configured database")
     args = parser.parse_args(argv)
 
@@ -43,9 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=args.workers)
         return 0
     if args.command == "worker":
-        from worker.launch import supervise, visible_gpus, worker_commands
+        from worker.launch import reaper_command, supervise, visible_gpus, worker_commands
 
-        return supervise(worker_commands(visible_gpus()))
+        return supervise([*worker_commands(visible_gpus()), reaper_command()])
+    if args.command == "reaper":
+        from worker.reaper import run_reaper
+
+        return run_reaper(settings)
     if args.command == "worker-process":
         from worker.launch import run_worker_process
 

@@ -79,7 +79,7 @@ def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
     """Start Redis (unless a broker is configured), migrate, start one worker and the API; Ctrl-C stops all."""
     from app.migrate import upgrade
-    from worker.launch import supervise, terminate_all, worker_commands
+    from worker.launch import reaper_command, supervise, terminate_all, worker_commands
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = {
@@ -114,8 +114,8 @@ def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
     )
     print(f"visiontune: API on http://{settings.host}:{settings.port}  data in {settings.data_dir}", flush=True)
     try:
-        # One CPU worker (or one per GPU), plus the API; if either dies the whole service stops.
-        return supervise([*worker_commands(_gpus()), api], restart=False)
+        # One CPU worker (or one per GPU), the reaper and the API; if one dies the whole service stops.
+        return supervise([*worker_commands(_gpus()), reaper_command(), api], restart=False)
     finally:
         terminate_all(children)
 

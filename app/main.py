@@ -23,14 +23,14 @@ log = logging.getLogger("visiontune.api")
 
 def celery_enqueue(settings: Settings) -> Callable[[uuid.UUID], None]:
     """Send the training task for a job id to the broker."""
-    from worker.celery_app import TRAIN_TASK, make_celery
+    from worker.celery_app import make_celery, send_train_task
 
     celery = make_celery(settings)
 
     def enqueue(job_id: uuid.UUID) -> None:
         try:
-            celery.send_task(TRAIN_TASK, args=[str(job_id)], queue=settings.queue)
-        except Exception:  # the job stays queued in SQL; the broker outage is logged, not lost
+            send_train_task(celery, settings, job_id)
+        except Exception:  # the job stays queued in SQL and the reaper sends it later; logged, not lost
             log.exception("could not enqueue job %s", job_id)
 
     return enqueue

@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from sqlalchemy import update
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.models import Job
 from tests.factories import color_images_zip, png_bytes
-from worker.runner import JobRunner, LeaseLost
+from worker.reaper import Reaper
+from worker.runner import JobRunner, LeaseLost, utcnow
 
 
 @pytest.fixture
@@ -89,6 +91,13 @@ def test_claims_are_exclusive_and_stale_attempts_are_fenced(client, runner, sett
     assert runner.claim(job_id) is None  # live lease: nobody else may take it
     with session_scope(runner.factory) as s:  # the lease runs out (the worker died)
         s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=Job.created_at))
+    assert runner.claim(job_id) is None  # only the reaper puts a dead worker's job back
+    sent = []
+    reaper, later = Reaper(settings, runner.factory, sent.append), utcnow() + timedelta(minutes=1)
+    assert reaper.sweep(now=later).requeued == [job_id] and sent == []  # back off before the retry
+    assert reaper.sweep(now=later + timedelta(seconds=settings.retry_backoff_seconds)).sent == [job_id]
+    with session_scope(runner.factory) as s:  # (the sweeps ran a minute ahead of the clock)
+        s.execute(update(Job).where(Job.id == job_id).values(retry_after=None))
     second = runner.claim(job_id)
     assert second == 2
     assert runner.renew_lease(job_id, second) is True

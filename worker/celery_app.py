@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from celery import Celery
 
 from app.config import Settings
@@ -20,7 +22,9 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={TRAIN_TASK: {"queue": settings.queue}},
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
-        # Longer than any training run we expect to keep unacked; the database owns job state anyway.
+        # Redis re-delivers an unacknowledged message only after this long. Recovery does not wait for it:
+        # the reaper puts back a dead worker's job once its lease (seconds) runs out. Keeping it far longer
+        # than any lease means Redis never hands a live worker's message to a second worker.
         broker_transport_options={"visibility_timeout": 12 * 3600},
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
@@ -28,6 +32,11 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
     )
     return celery
+
+
+def send_train_task(celery: Celery, settings: Settings, job_id: uuid.UUID) -> None:
+    """Publish the training task for job_id (the job row must already be committed)."""
+    celery.send_task(TRAIN_TASK, args=[str(job_id)], queue=settings.queue)
 
 
 def worker_app() -> Celery:

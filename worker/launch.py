@@ -35,12 +35,19 @@ def worker_commands(gpus: list[str]) -> list[tuple[list[str], dict[str, str]]]:
     return [(base + ["--name", f"gpu{g}"], {"CUDA_VISIBLE_DEVICES": g}) for g in gpus]
 
 
+def reaper_command() -> tuple[list[str], dict[str, str]]:
+    """The reaper next to the workers: puts back jobs of dead workers, re-sends tasks the broker lost."""
+    return [sys.executable, "-m", "app.cli", "reaper"], {"CUDA_VISIBLE_DEVICES": ""}
+
+
 def run_worker_process(name: str) -> None:
     """One Celery worker process, pinned by its launcher to one GPU (or none), training one job at a time."""
     from app.config import get_settings
+    from worker import shutdown
     from worker.celery_app import worker_app
 
     settings = get_settings()
+    shutdown.install_celery_hook()
     worker_app().worker_main(
         [
             "worker",

@@ -14,6 +14,10 @@ def register_tasks(celery: Celery) -> None:
 
     @celery.task(name=TRAIN_TASK)
     def train_job(job_id: str) -> str:
+        from app.config import get_settings
+        from worker.celery_app import send_train_task
         from worker.runner import get_runner
 
-        return get_runner().run(uuid.UUID(job_id))
+        settings = get_settings()
+        runner = get_runner(enqueue=lambda jid: send_train_task(celery, settings, jid))
+        return runner.run(uuid.UUID(job_id))

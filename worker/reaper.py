@@ -1,0 +1,219 @@
+"""The reaper: puts back jobs whose worker died and re-sends tasks the broker lost.
+
+One sweep, every `reaper_interval_seconds`:
+
+1. **Expired leases.** A `running` job whose lease ran out lost its worker (SIGKILL, OOM, power). The lost
+   attempt counts as a failure: the job goes back to `queued` with a backoff (`retry_after`), or ends `failed`
+   once `max_attempts` failures are spent, or `canceled` if a cancel was asked for meanwhile.
+2. **Queued jobs without a task.** A queued job whose retry time has come and that was never sent
+   (`enqueued_at` unset: a requeue or a retry), or whose task the broker no longer holds (Redis restarted
+   empty, a send that failed), is sent again.
+
+Every change is a conditional UPDATE on what the sweep read, so any number of reapers (one per worker host,
+plus the embedded one) can run at once; a task sent twice is harmless, because a worker only trains a job it
+claims. It never imports torch, so it can run next to the API or the launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import session_scope
+from app.models import Job, JobStatus
+
+log = logging.getLogger("visiontune.reaper")
+
+# Names the broker holds a job's task under: job id strings of queued or delivered-but-unacked messages.
+BrokerProbe = Callable[[], set[str] | None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SweepReport:
+    requeued: list[uuid.UUID] = field(default_factory=list)
+    failed: list[uuid.UUID] = field(default_factory=list)
+    canceled: list[uuid.UUID] = field(default_factory=list)
+    sent: list[uuid.UUID] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed or self.canceled or self.sent)
+
+
+def redis_probe(broker_url: str, queue: str) -> BrokerProbe:
+    """Job ids of training tasks in the Redis queue or delivered and not yet acknowledged (kombu's layout)."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+
+    def held() -> set[str] | None:
+        try:
+            raw = list(client.lrange(queue, 0, -1)) + list(client.hvals("unacked"))
+        except redis.RedisError:
+            log.warning("cannot read the broker's queue; not re-sending anything this sweep", exc_info=True)
+            return None
+        ids: set[str] = set()
+        for item in raw:
+            try:
+                message = json.loads(item)
+                if isinstance(message, list):  # unacked entries are [message, exchange, routing key]
+                    message = message[0]
+                argsrepr = str(message.get("headers", {}).get("argsrepr", ""))
+            except (ValueError, AttributeError, IndexError, TypeError):
+                continue
+            ids.update(part.strip("()[]'\", ") for part in argsrepr.split(","))
+        return ids
+
+    return held
+
+
+class Reaper:
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        send: Callable[[uuid.UUID], None],
+        probe: BrokerProbe | None = None,
+    ) -> None:
+        self.settings, self.factory, self.send, self.probe = settings, factory, send, probe
+
+    def sweep(self, now: datetime | None = None) -> SweepReport:
+        now = now or utcnow()
+        report = SweepReport()
+        self._expire_leases(now, report)
+        self._send_due(now, report)
+        if report:
+            log.info(
+                "reaper: requeued %s, failed %s, canceled %s, sent %s",
+                *(len(x) for x in (report.requeued, report.failed, report.canceled, report.sent)),
+            )
+        return report
+
+    def _expire_leases(self, now: datetime, report: SweepReport) -> None:
+        with session_scope(self.factory) as s:
+            expired = s.execute(
+                select(
+                    Job.id, Job.attempt, Job.failures, Job.max_attempts, Job.cancel_requested, Job.lease_owner
+                ).where(Job.status == JobStatus.running, Job.lease_expires_at < now)
+            ).all()
+        for job_id, attempt, failures, max_attempts, cancel, owner in expired:
+            failures += 1
+            reason = f"attempt {attempt} lost its worker {owner} (lease expired)"
+            if cancel:
+                values = dict(status=JobStatus.canceled, finished_at=now, error="canceled by request")
+                bucket = report.canceled
+            elif failures >= max_attempts:
+                values = dict(
+                    status=JobStatus.failed,
+                    finished_at=now,
+                    error=f"gave up after {failures} failed attempts: {reason}; the job may be killing its "
+                    "worker (out of memory?)",
+                )
+                bucket = report.failed
+            else:
+                delay = min(600.0, self.settings.retry_backoff_seconds * 2 ** (failures - 1))
+                values = dict(
+                    status=JobStatus.queued,
+                    retry_after=now + timedelta(seconds=delay),
+                    enqueued_at=None,
+                    error=f"{reason}; retrying",
+                )
+                bucket = report.requeued
+            with session_scope(self.factory) as s:
+                done = s.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.attempt == attempt,
+                        Job.status == JobStatus.running,
+                        Job.lease_expires_at < now,
+                    )
+                    .values(failures=failures, lease_owner=None, lease_expires_at=None, **values)
+                ).rowcount
+            if done:
+                log.warning("job %s: %s -> %s", job_id, reason, values["status"])
+                bucket.append(job_id)
+
+    def _send_due(self, now: datetime, report: SweepReport) -> None:
+        stale_before = now - timedelta(seconds=self.settings.requeue_grace_seconds)
+        with session_scope(self.factory) as s:
+            due = s.execute(
+                select(Job.id, Job.enqueued_at).where(
+                    Job.status == JobStatus.queued,
+                    Job.cancel_requested.is_(False),
+                    (Job.retry_after.is_(None)) | (Job.retry_after <= now),
+                    (Job.enqueued_at.is_(None)) | (Job.enqueued_at < stale_before),
+                )
+            ).all()
+        if not due:
+            return
+        held: set[str] | None = set()
+        if any(enqueued is not None for _, enqueued in due):
+            held = self.probe() if self.probe is not None else None
+        for job_id, enqueued in due:
+            if enqueued is not None and (held is None or str(job_id) in held):
+                continue  # the broker still holds its task (or we cannot tell): leave it be
+            with session_scope(self.factory) as s:
+                condition = Job.enqueued_at.is_(None) if enqueued is None else Job.enqueued_at == enqueued
+                claimed = s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == JobStatus.queued, condition)
+                    .values(enqueued_at=now)
+                ).rowcount
+            if not claimed:
+                continue
+            try:
+                self.send(job_id)
+            except Exception:  # broker down: enqueued_at goes stale and a later sweep sends it again
+                log.warning("reaper: could not send job %s", job_id, exc_info=True)
+                continue
+            report.sent.append(job_id)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Sweep every reaper_interval_seconds until stop is set; a failed sweep is logged and retried."""
+        while not stop.is_set():
+            try:
+                self.sweep()
+            except Exception:
+                log.warning("reaper sweep failed; retrying", exc_info=True)
+            stop.wait(self.settings.reaper_interval_seconds)
+
+
+def make_reaper(settings: Settings) -> Reaper:
+    """A reaper on the configured database and broker (sending with a Celery app of its own)."""
+    from app.db import make_engine, make_sessionmaker
+    from worker.celery_app import make_celery, send_train_task
+
+    celery = make_celery(settings)
+    probe = redis_probe(settings.broker_url, settings.queue) if settings.broker_url.startswith("redis") else None
+    return Reaper(
+        settings,
+        make_sessionmaker(make_engine(settings.resolved_database_url())),
+        lambda job_id: send_train_task(celery, settings, job_id),
+        probe,
+    )
+
+
+def run_reaper(settings: Settings) -> int:
+    """`visiontune reaper`: sweep until SIGINT/SIGTERM."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_a: stop.set())
+    log.info("reaper: sweeping every %.1fs (lease %.0fs)", settings.reaper_interval_seconds, settings.lease_seconds)
+    make_reaper(settings).run_forever(stop)
+    return 0
