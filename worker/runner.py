@@ -35,6 +35,7 @@ from app.ml.trainer import EpochReport, FitResult, TrainConfig, TrainingState, f
 from app.models import Checkpoint, Dataset, Epoch, Job, JobStatus
 from app.services.registry import register_version
 from worker import shutdown
+from worker.reaper import retry_delay
 
 log = logging.getLogger("visiontune.runner")
 
@@ -55,11 +56,6 @@ class LeaseLost(RuntimeError):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def retry_delay(settings: Settings, failures: int) -> float:
-    """Backoff before retry number `failures`: retry_backoff_seconds doubling, at most 10 minutes."""
-    return min(600.0, settings.retry_backoff_seconds * 2 ** max(0, failures - 1))
 
 
 class LeaseKeeper(threading.Thread):
@@ -425,6 +421,7 @@ class JobRunner:
                 attempt,
                 status=JobStatus.succeeded,
                 finished_at=utcnow(),
+                error=None,  # a lost earlier attempt's message; `failures` keeps the count
                 best_epoch=result.best_epoch,
                 val_metrics=result.val_metrics,
                 test_metrics=result.test_metrics,
