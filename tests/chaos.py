@@ -264,7 +264,10 @@ class Cluster:
     def queue_length(self) -> int:
         import redis
 
-        return int(redis.Redis(port=self.redis_port).llen(self.settings.queue))
+        from worker.celery_app import redis_queue_keys
+
+        client = redis.Redis(port=self.redis_port)
+        return sum(int(client.llen(key)) for key in redis_queue_keys(self.settings.queue))
 
     def cleanup_data(self) -> None:
         shutil.rmtree(self.settings.data_dir, ignore_errors=True)

@@ -284,12 +284,12 @@ def test_idempotency_key_returns_the_same_job_and_refuses_another_body(client, e
 
 
 def test_the_reaper_resends_only_what_the_real_redis_queue_lost(client, settings, factory, dataset_id):
-    from worker.celery_app import make_celery, send_train_task
+    from worker.celery_app import make_celery, redis_queue_keys, send_train_task
 
     job_id = submit(client, job_body(dataset_id))
     celery = make_celery(settings)
     send_train_task(celery, settings, job_id)  # the task really is in Redis
-    probe = redis_probe(settings.broker_url, settings.queue)
+    probe = redis_probe(settings.broker_url, settings.queue, settings.requeue_grace_seconds)
     sent: list[uuid.UUID] = []
     reaper = Reaper(settings, factory, sent.append, probe)
     later = utcnow() + timedelta(seconds=settings.requeue_grace_seconds + 1)
@@ -298,8 +298,54 @@ def test_the_reaper_resends_only_what_the_real_redis_queue_lost(client, settings
     assert mine(reaper.sweep(now=later).sent) == []  # Redis holds it: nothing to do
     import redis
 
-    redis.Redis.from_url(settings.broker_url).delete(settings.queue)  # Redis restarted empty
+    redis.Redis.from_url(settings.broker_url).delete(*redis_queue_keys(settings.queue))  # Redis restarted empty
     assert mine(reaper.sweep(now=later).sent) == [job_id] and mine(sent) == [job_id]
     assert mine(reaper.sweep(now=later).sent) == []  # just sent: not again within the grace period
     with session_scope(factory) as s:
         assert s.get(Job, job_id).enqueued_at is not None
+
+
+def test_resent_tasks_are_served_before_new_submissions(settings):
+    """A job resuming after its worker died (or re-sent after Redis lost it) does not wait behind the queue."""
+    from worker.celery_app import make_celery, send_train_task
+
+    celery = make_celery(settings)
+    new = [uuid.uuid4() for _ in range(3)]
+    resumed = uuid.uuid4()
+    for job_id in new:
+        send_train_task(celery, settings, job_id)
+    send_train_task(celery, settings, resumed, resent=True)
+    served = []
+    with celery.connection_for_read() as conn:
+        channel = conn.default_channel
+        while (message := channel.basic_get(settings.queue, no_ack=True)) is not None:
+            served.append(uuid.UUID(message.decode()[0][0]))
+    assert served == [resumed, *new]
+
+
+def test_a_task_whose_worker_died_before_claiming_is_sent_again(client, settings, factory, dataset_id):
+    """kill -9 between delivery and claim leaves the message unacknowledged in Redis for the visibility timeout
+    (hours); the reaper must not wait for it."""
+    import subprocess
+    import sys
+    import time
+
+    from worker.celery_app import make_celery, send_train_task
+
+    job_id = submit(client, job_body(dataset_id))
+    send_train_task(make_celery(settings), settings, job_id)
+    taker = (
+        "import os, signal; from app.config import Settings; from worker.celery_app import make_celery\n"
+        f"s = Settings(broker_url={settings.broker_url!r}, queue={settings.queue!r})\n"
+        "conn = make_celery(s).connection_for_read(); m = conn.default_channel.basic_get(s.queue)\n"
+        "assert m is not None; os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", taker], cwd=Path(__file__).resolve().parents[1], check=False)
+    assert died.returncode == -9
+    later = utcnow() + timedelta(seconds=settings.requeue_grace_seconds + 1)
+    fresh = Reaper(settings, factory, [].append, redis_probe(settings.broker_url, settings.queue, 60.0))
+    assert only(job_id)(fresh.sweep(now=later).sent) == []  # just delivered: its worker may be claiming it
+    time.sleep(1.1)
+    sent: list[uuid.UUID] = []
+    stale = Reaper(settings, factory, sent.append, redis_probe(settings.broker_url, settings.queue, 1.0))
+    assert only(job_id)(stale.sweep(now=later).sent) == [job_id] and only(job_id)(sent) == [job_id]

@@ -10,6 +10,19 @@ from app.config import Settings
 
 TRAIN_TASK = "visiontune.train_job"
 
+# Priorities on the Redis transport, where the lowest number is served first. A task the reaper or a departing
+# worker re-sends (a job resuming from its checkpoint, a retry, a send Redis lost) goes ahead of new submissions:
+# an interrupted job does not wait behind the whole queue to continue.
+RESENT_PRIORITY = 0
+NEW_PRIORITY = 9
+PRIORITY_STEPS = [RESENT_PRIORITY, NEW_PRIORITY]
+PRIORITY_SEP = "\x06\x16"  # kombu's separator between a queue's name and a priority
+
+
+def redis_queue_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps queue's messages in, one per priority step, served in this order."""
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
 
 def make_celery(settings: Settings) -> Celery:
     """Celery on settings.broker_url: late acks, one message at a time, training queue routing."""
@@ -25,7 +38,11 @@ def make_celery(settings: Settings) -> Celery:
         # Redis re-delivers an unacknowledged message only after this long. Recovery does not wait for it:
         # the reaper puts back a dead worker's job once its lease (seconds) runs out. Keeping it far longer
         # than any lease means Redis never hands a live worker's message to a second worker.
-        broker_transport_options={"visibility_timeout": 12 * 3600},
+        broker_transport_options={
+            "visibility_timeout": 12 * 3600,
+            "priority_steps": PRIORITY_STEPS,
+            "sep": PRIORITY_SEP,
+        },
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
         task_serializer="json",
@@ -34,9 +51,10 @@ def make_celery(settings: Settings) -> Celery:
     return celery
 
 
-def send_train_task(celery: Celery, settings: Settings, job_id: uuid.UUID) -> None:
-    """Publish the training task for job_id (the job row must already be committed)."""
-    celery.send_task(TRAIN_TASK, args=[str(job_id)], queue=settings.queue)
+def send_train_task(celery: Celery, settings: Settings, job_id: uuid.UUID, *, resent: bool = False) -> None:
+    """Publish the training task for job_id (the job row must already be committed); `resent` jumps the queue."""
+    priority = RESENT_PRIORITY if resent else NEW_PRIORITY
+    celery.send_task(TRAIN_TASK, args=[str(job_id)], queue=settings.queue, priority=priority)
 
 
 def worker_app() -> Celery:

@@ -30,6 +30,12 @@ from app.config import Settings
 from app.db import session_scope
 from app.models import Job, JobStatus
 
+
+def retry_delay(settings: Settings, failures: int) -> float:
+    """Backoff before retry number `failures`: retry_backoff_seconds doubling, at most 10 minutes."""
+    return min(600.0, settings.retry_backoff_seconds * 2 ** max(0, failures - 1))
+
+
 log = logging.getLogger("visiontune.reaper")
 
 # Names the broker holds a job's task under: job id strings of queued or delivered-but-unacked messages.
@@ -51,17 +57,31 @@ class SweepReport:
         return bool(self.requeued or self.failed or self.canceled or self.sent)
 
 
-def redis_probe(broker_url: str, queue: str) -> BrokerProbe:
-    """Job ids of training tasks in the Redis queue or delivered and not yet acknowledged (kombu's layout)."""
+def redis_probe(broker_url: str, queue: str, delivered_within: float) -> BrokerProbe:
+    """Job ids of training tasks in the Redis queue, or delivered less than `delivered_within` seconds ago and
+    not yet acknowledged (kombu's layout).
+
+    A worker claims its job as soon as a message is delivered. A message delivered longer ago whose job is still
+    queued went to a worker that died before claiming it: Redis would hand it out again only after the
+    visibility timeout (hours), so it does not count as held, and the reaper sends the job again. A duplicate
+    message is harmless: whichever worker claims second finds the job no longer queued.
+    """
     import json
+    import time
 
     import redis
 
+    from worker.celery_app import redis_queue_keys
+
     client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+    keys = redis_queue_keys(queue)
 
     def held() -> set[str] | None:
         try:
-            raw = list(client.lrange(queue, 0, -1)) + list(client.hvals("unacked"))
+            raw = [item for key in keys for item in client.lrange(key, 0, -1)]
+            recent = client.zrangebyscore("unacked_index", time.time() - delivered_within, "+inf")
+            if recent:
+                raw += [item for item in client.hmget("unacked", recent) if item is not None]
         except redis.RedisError:
             log.warning("cannot read the broker's queue; not re-sending anything this sweep", exc_info=True)
             return None
@@ -124,7 +144,7 @@ class Reaper:
                 )
                 bucket = report.failed
             else:
-                delay = min(600.0, self.settings.retry_backoff_seconds * 2 ** (failures - 1))
+                delay = retry_delay(self.settings, failures)
                 values = dict(
                     status=JobStatus.queued,
                     retry_after=now + timedelta(seconds=delay),
@@ -198,11 +218,15 @@ def make_reaper(settings: Settings) -> Reaper:
     from worker.celery_app import make_celery, send_train_task
 
     celery = make_celery(settings)
-    probe = redis_probe(settings.broker_url, settings.queue) if settings.broker_url.startswith("redis") else None
+    probe = (
+        redis_probe(settings.broker_url, settings.queue, settings.requeue_grace_seconds)
+        if settings.broker_url.startswith("redis")
+        else None
+    )
     return Reaper(
         settings,
         make_sessionmaker(make_engine(settings.resolved_database_url())),
-        lambda job_id: send_train_task(celery, settings, job_id),
+        lambda job_id: send_train_task(celery, settings, job_id, resent=True),
         probe,
     )
 

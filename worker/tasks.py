@@ -19,5 +19,5 @@ def register_tasks(celery: Celery) -> None:
         from worker.runner import get_runner
 
         settings = get_settings()
-        runner = get_runner(enqueue=lambda jid: send_train_task(celery, settings, jid))
+        runner = get_runner(enqueue=lambda jid: send_train_task(celery, settings, jid, resent=True))
         return runner.run(uuid.UUID(job_id))
