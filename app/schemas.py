@@ -106,6 +106,14 @@ class JobCreate(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     num_workers: int | None = Field(default=None, ge=0, le=64, description="DataLoader workers; auto if unset")
     compile: bool = Field(default=False, description="torch.compile the model (worth it for long GPU jobs)")
+    probe_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="partial/full/lora: first train the fresh head alone for this many epochs on cached backbone "
+        "features (linear probe, then fine-tune: LP-FT), so fine-tuning starts from a trained head instead of a "
+        "random one. Costs one feature pass over the training images (shared with `baseline`)",
+    )
     baseline: bool = Field(
         default=True, description="also measure the model before fine-tuning (one linear-probe pass)"
     )
@@ -121,6 +129,10 @@ class JobCreate(BaseModel):
     def _mixing(self) -> JobCreate:
         if self.mixup_prob + self.cutmix_prob > 1:
             raise ValueError("mixup_prob + cutmix_prob must be at most 1")
+        if self.probe_epochs and self.strategy == "linear":
+            raise ValueError("probe_epochs is for partial, full and lora: linear already trains only the head")
+        if self.probe_epochs and self.weights == "none":
+            raise ValueError("probe_epochs needs pretrained weights: a random backbone's features are no head start")
         return self
 
 

@@ -71,5 +71,9 @@ def test_invalid_combinations_are_422(sqlite_service):
     assert r.status_code == 422 and "at most 1" in r.json()["error"]["message"]
     r = client.post("/jobs", json={**base, "augmentation": "sparkles"})
     assert r.status_code == 422 and "augmentation" in r.json()["error"]["message"]
+    r = client.post("/jobs", json={**base, "strategy": "linear", "probe_epochs": 2})
+    assert r.status_code == 422 and "probe_epochs is for partial, full and lora" in r.json()["error"]["message"]
+    r = client.post("/jobs", json={**base, "strategy": "full", "weights": "none", "probe_epochs": 2})
+    assert r.status_code == 422 and "probe_epochs needs pretrained weights" in r.json()["error"]["message"]
     r = client.post("/jobs", json={**base, "schedule": "step"})
     assert r.status_code == 422 and "schedule" in r.json()["error"]["message"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app.ml import trainer
 from app.ml.augment import AUGMENTATIONS, BatchMixer, random_resized_crop_batch, resize_batch, train_transform
 from app.ml.backbones import build_model
 from app.ml.data import DeviceBatches, SampleSet
@@ -167,6 +168,50 @@ def test_fit_linear_reports_the_model_before_fine_tuning():
     assert set(result.baseline) == {"status", "val", "test"}
     assert result.baseline["test"]["count"] == 30 and 0 <= result.baseline["test"]["accuracy"] <= 1
     assert math.isfinite(result.test_metrics["loss"])
+
+
+@pytest.mark.parametrize("baseline", [True, False])
+def test_probe_epochs_start_fine_tuning_from_a_trained_head(monkeypatch, baseline):
+    """LP-FT: with probe_epochs the head fine-tuning starts from was trained on the backbone's features."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(30) % 3
+    colours = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]])[labels][:, None, None, :]
+    arrays = np.clip(colours + rng.integers(-40, 40, (30, 32, 32, 3)), 0, 255).astype(np.uint8)
+    samples, names = SampleSet(labels=labels, arrays=arrays), ["red", "green", "blue"]
+    setup = DeviceSetup.for_device("cpu")
+    heads, feature_passes = [], []
+    real_finetune, real_features = trainer._fit_finetune, trainer._features
+
+    def spy_finetune(cfg, built, *args):
+        heads.append({k: v.clone() for k, v in built.head.state_dict().items()})
+        return real_finetune(cfg, built, *args)
+
+    def spy_features(built, split, *args):
+        feature_passes.append(len(split))
+        return real_features(built, split, *args)
+
+    monkeypatch.setattr(trainer, "_fit_finetune", spy_finetune)
+    monkeypatch.setattr(trainer, "_features", spy_features)
+    common = dict(arch="efficientnet_lite0", strategy="partial", epochs=1, batch_size=8, image_size=32)
+    for probe_epochs in (0, 20):
+        cfg = TrainConfig(**common, learning_rate=0.05, probe_epochs=probe_epochs, baseline=baseline)
+        fit(cfg, names, {"train": samples}, Hooks(), setup)
+    # baseline on: the probe reuses the baseline's feature pass; off: one pass over the training images
+    assert feature_passes == ([27, 3] * 2 if baseline else [27])
+
+    torch.manual_seed(0)
+    built = build_model("efficientnet_lite0", 3, "imagenet")
+    assert all(torch.equal(v, heads[0][k]) for k, v in built.head.state_dict().items())  # probe_epochs 0: fresh
+    features, labels = real_features(built, samples, TrainConfig(**common), setup, Hooks())
+    loss = torch.nn.CrossEntropyLoss()
+
+    def head_loss(state):
+        built.head.load_state_dict(state)
+        built.head.eval()
+        with torch.inference_mode():
+            return loss(built.head(features), labels).item()
+
+    assert head_loss(heads[1]) < head_loss(heads[0]) - 0.3  # 1.10 -> 0.62 when written
 
 
 def test_small_image_folders_are_decoded_once(tmp_path):

@@ -71,6 +71,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int | None = None
     compile: bool = False
+    probe_epochs: int = 0
     baseline: bool = True
 
     def __post_init__(self) -> None:
@@ -409,9 +410,15 @@ def fit(
         result = _fit_linear(cfg, built, class_names, train, val, test, hooks, setup, flops)
     else:
         baseline = hooks.saved_baseline()
+        features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if baseline is None:
-            baseline = _baseline(cfg, built, class_names, train, val, test, hooks, setup)
+            baseline, features = _baseline(cfg, built, class_names, train, val, test, hooks, setup)
             hooks.on_baseline(baseline)
+        if cfg.probe_epochs and hooks.resume_state() is None:  # a resumed job restores its trained head
+            train_features = features.get("train") or _features(built, train, cfg, setup, hooks)
+            probe, _ = _probe_head(built.head, train_features, cfg, len(class_names), cfg.probe_epochs)
+            built.head.load_state_dict(probe.state_dict())
+        del features
         result = _fit_finetune(cfg, built, class_names, train, val, test, hooks, setup, flops)
         result.baseline = baseline
     result.flops_per_image = flops
@@ -456,12 +463,15 @@ def _baseline(
     test: SampleSet | None,
     hooks: TrainingHooks,
     setup: DeviceSetup,
-) -> dict[str, Any]:
-    """Metrics before fine-tuning: the pretrained backbone with a fresh head after one linear-probe pass."""
+) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Metrics before fine-tuning: the pretrained backbone with a fresh head after one linear-probe pass.
+
+    Also returns the backbone features it computed per split (empty when it measured nothing), for reuse.
+    """
     if cfg.weights == "none":
-        return NOT_APPLICABLE
+        return NOT_APPLICABLE, {}
     if not cfg.baseline:
-        return {"status": "skipped", "reason": "baseline: false"}
+        return {"status": "skipped", "reason": "baseline: false"}, {}
     n = len(class_names)
     feats = {
         name: _features(built, s, cfg, setup, hooks)
@@ -474,7 +484,7 @@ def _baseline(
         **_summaries(
             lambda f: evaluate_head(probe, f[0], f[1], n), class_names, val=feats.get("val"), test=feats.get("test")
         ),
-    }
+    }, feats
 
 
 def _fit_linear(
