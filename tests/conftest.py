@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
+from tests.factories import color_images_zip
 
 PG_ADMIN_URL = os.environ.get("VISIONTUNE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VISIONTUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -84,3 +85,12 @@ def client(settings: Settings, enqueued: Enqueued) -> Iterator[TestClient]:
     app = create_app(settings, enqueue=enqueued.append)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture
+def dataset_id(client: TestClient, tmp_path: Path) -> str:
+    """A three-colour image dataset (12 images per class, 16 px) uploaded through the API."""
+    path = color_images_zip(tmp_path / "rgb.zip", {"red": 12, "green": 12, "blue": 12}, size=16)
+    r = client.post("/datasets", files={"file": ("rgb.zip", path.read_bytes())})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]

@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import tarfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -91,3 +92,12 @@ def cifar_python_archive(path: Path, kind: str = "zip", batches: tuple[str, ...]
             for n in names:
                 tf.add(CIFAR_DIR / n, arcname=f"cifar-10-batches-py/{n}")
     return path
+
+
+# The smallest real job: a ResNet-18 trained from scratch on 32 px images, seconds per epoch on a CPU.
+TINY_JOB = {"arch": "resnet18", "weights": "none", "strategy": "full", "image_size": 32, "learning_rate": 0.01}
+
+
+def tiny_job(dataset_id: object, **fields: object) -> dict:
+    """A POST /jobs body for TINY_JOB on a dataset, under a fresh model name; fields add or override."""
+    return {"dataset_id": str(dataset_id), "model_name": f"m-{uuid.uuid4().hex[:8]}", **TINY_JOB, **fields}

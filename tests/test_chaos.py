@@ -15,7 +15,7 @@ import pytest
 
 from tests.chaos import Cluster, create_pg_database
 from tests.conftest import PG_ADMIN_URL
-from tests.factories import cifar_imagefolder_zip
+from tests.factories import cifar_imagefolder_zip, tiny_job
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
@@ -46,23 +46,17 @@ def cluster(tmp_path, chaos_db, archive):
 
 
 def body(c: Cluster, **overrides) -> dict:
-    return {
-        "dataset_id": str(c.dataset_id),
+    fields = {
         "model_name": f"chaos-{uuid.uuid4().hex[:6]}",
-        "arch": "resnet18",
-        "weights": "none",
-        "strategy": "full",
         "augmentation": "basic",
         "epochs": 4,
-        "image_size": 32,
         "batch_size": 8,
-        "learning_rate": 0.01,
         "val_fraction": 0.2,
         "seed": 7,
         "num_workers": 0,
         "baseline": False,
-        **overrides,
     }
+    return tiny_job(c.dataset_id, **{**fields, **overrides})
 
 
 def assert_each_epoch_once(c: Cluster, job_id: uuid.UUID, epochs: int) -> list[tuple[int, int, float]]:

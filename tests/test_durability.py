@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.models import Checkpoint, Epoch, Job
-from tests.factories import color_images_zip
+from tests.factories import tiny_job
 from worker import shutdown
 from worker.reaper import Reaper, redis_probe
 from worker.runner import JobRunner, LeaseLost, utcnow
@@ -47,30 +47,9 @@ def factory(settings):
     engine.dispose()
 
 
-@pytest.fixture
-def dataset_id(client, tmp_path) -> str:
-    path = color_images_zip(tmp_path / "rgb.zip", {"red": 12, "green": 12, "blue": 12}, size=16)
-    r = client.post("/datasets", files={"file": ("rgb.zip", path.read_bytes())})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
-
-
 def job_body(dataset_id: str, **overrides) -> dict:
-    body = {
-        "dataset_id": dataset_id,
-        "arch": "resnet18",
-        "weights": "none",
-        "strategy": "full",
-        "augmentation": "basic",
-        "epochs": 4,
-        "image_size": 32,
-        "batch_size": 8,
-        "learning_rate": 0.01,
-        "val_fraction": 0.25,
-        "seed": 3,
-        "model_name": f"m-{uuid.uuid4().hex[:8]}",
-    }
-    return {**body, **overrides}
+    fields = {"augmentation": "basic", "epochs": 4, "batch_size": 8, "val_fraction": 0.25, "seed": 3}
+    return tiny_job(dataset_id, **{**fields, **overrides})
 
 
 def only(job_id: uuid.UUID):

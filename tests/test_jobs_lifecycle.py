@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.models import Job
-from tests.factories import color_images_zip, png_bytes
+from tests.factories import png_bytes, tiny_job
 from worker.reaper import Reaper
 from worker.runner import JobRunner, LeaseLost, utcnow
 
@@ -27,28 +27,8 @@ def runner(settings):
     engine.dispose()
 
 
-@pytest.fixture
-def dataset_id(client, tmp_path) -> str:
-    path = color_images_zip(tmp_path / "rgb.zip", {"red": 12, "green": 12, "blue": 12}, size=16)
-    r = client.post("/datasets", files={"file": ("rgb.zip", path.read_bytes())})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
-
-
 def job_body(dataset_id: str, **overrides) -> dict:
-    body = {
-        "dataset_id": dataset_id,
-        "arch": "resnet18",
-        "weights": "none",
-        "strategy": "full",
-        "epochs": 2,
-        "image_size": 32,
-        "batch_size": 12,
-        "learning_rate": 0.01,
-        "val_fraction": 0.25,
-        "model_name": f"m-{uuid.uuid4().hex[:8]}",
-    }
-    return {**body, **overrides}
+    return tiny_job(dataset_id, **{"epochs": 2, "batch_size": 12, "val_fraction": 0.25, **overrides})
 
 
 def test_cancel_a_queued_job_and_the_worker_skips_it(client, runner, enqueued, dataset_id):
