@@ -126,7 +126,7 @@ class JobCreate(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _mixing(self) -> JobCreate:
+    def _combinations(self) -> JobCreate:
         if self.mixup_prob + self.cutmix_prob > 1:
             raise ValueError("mixup_prob + cutmix_prob must be at most 1")
         if self.probe_epochs and self.strategy == "linear":

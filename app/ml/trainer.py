@@ -415,10 +415,8 @@ def fit(
             baseline, features = _baseline(cfg, built, class_names, train, val, test, hooks, setup)
             hooks.on_baseline(baseline)
         if cfg.probe_epochs and hooks.resume_state() is None:  # a resumed job restores its trained head
-            train_features = features.get("train") or _features(built, train, cfg, setup, hooks)
-            probe, _ = _probe_head(built.head, train_features, cfg, len(class_names), cfg.probe_epochs)
-            built.head.load_state_dict(probe.state_dict())
-        del features
+            _probe_before_finetuning(cfg, built, train, features.get("train"), hooks, setup, len(class_names))
+        del features  # fine-tuning works on images, not on cached features
         result = _fit_finetune(cfg, built, class_names, train, val, test, hooks, setup, flops)
         result.baseline = baseline
     result.flops_per_image = flops
@@ -443,6 +441,22 @@ def _probe_head(
     for _ in range(epochs):
         train_head_epoch(probe, train[0], train[1], optimizer, None, loss_fn, cfg.batch_size, generator)
     return probe, optimizer
+
+
+def _probe_before_finetuning(
+    cfg: TrainConfig,
+    built: BuiltModel,
+    train: SampleSet,
+    train_features: tuple[torch.Tensor, torch.Tensor] | None,
+    hooks: TrainingHooks,
+    setup: DeviceSetup,
+    num_classes: int,
+) -> None:
+    """LP-FT: train the fresh head for cfg.probe_epochs on the frozen backbone's features (computed here unless
+    the before-fine-tuning pass already did), so that fine-tuning starts from a trained head."""
+    features = train_features or _features(built, train, cfg, setup, hooks)
+    probe, _ = _probe_head(built.head, features, cfg, num_classes, cfg.probe_epochs)
+    built.head.load_state_dict(probe.state_dict())
 
 
 def _summaries(
