@@ -66,10 +66,17 @@ job runs first and its plain twin right after, so that each pair sees the same m
 load average before and after every run is in the JSON). The first job pays the process's one-time warm-up
 (weights from disk, oneDNN kernels), which counts against the service.
 
+Seeds. ``--seeds 0,1,2`` runs every chosen scenario once per seed (the job's seed, used by both sides: it
+picks the hold-out, initialises the head and orders the batches). The linear accuracy check is judged on the
+mean of service - plain over the seeds: the test batch alone has a standard error of about 1.1 points at 86%,
+and which epoch scores best on a 406-image hold-out moves with the seed, so one seed cannot settle a 1-point
+tolerance. The JSON's ``over_seeds`` holds each seed's accuracies and the means.
+
 Run from the repository root::
 
     .venv/bin/python benchmarks/finetune_cifar.py                  # full run: ~35-45 min on a quiet 2-core CPU
     .venv/bin/python benchmarks/finetune_cifar.py --quick          # smoke run: 200/200 images, 64 px, 1 epoch
+    .venv/bin/python benchmarks/finetune_cifar.py --scenarios linear --seeds 0,1,2,3   # ~20 min per seed
     .venv/bin/python benchmarks/finetune_cifar.py --scenarios recipe --recipe-json '{"unfreeze_stages": 3}'
 
 Results are printed as a table and written as JSON to ``benchmarks/results/`` (git-ignored; rewritten after
@@ -85,6 +92,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -195,14 +203,23 @@ log = logging.getLogger("visiontune.bench")
 
 @dataclass(frozen=True)
 class Scenario:
-    """One job request (validated, dataset id filled in later) and whether it has a plain-loop twin."""
+    """One job request (validated, dataset id filled in later) and whether it has a plain-loop twin.
+
+    label names the run in the table and the JSON: the scenario's name, plus its seed when several seeds run.
+    """
 
     name: str
     request: JobCreate
     plain_twin: bool
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "scenario": self.name,
             "request": self.request.model_dump(mode="json", exclude={"dataset_id"}),
             "plain_twin": self.plain_twin,
         }
@@ -213,6 +230,7 @@ class BenchConfig:
     cifar_dir: Path
     quick: bool
     scenarios: tuple[Scenario, ...]
+    seeds: tuple[int, ...] = (0,)
     train_limit: int | None = None  # first N training images (quick mode)
     test_limit: int | None = None  # first N test images (quick mode)
     # num_workers=0 for the plain loop: the machine this targets has 2 cores, and torch's intra-op threads
@@ -223,25 +241,34 @@ class BenchConfig:
         return {
             "cifar_dir": str(self.cifar_dir),
             "quick": self.quick,
+            "seeds": list(self.seeds),
             "train_limit": self.train_limit,
             "test_limit": self.test_limit,
             "plain_num_workers": self.plain_num_workers,
-            "order": [s.name for s in self.scenarios],
+            "order": [s.label for s in self.scenarios],
         }
 
 
-def make_scenario(name: str, recipe_overrides: dict[str, Any], quick: bool) -> Scenario:
-    """The scenario's request with the CLI's overrides, validated by the API's own schema."""
+def make_scenario(
+    name: str, recipe_overrides: dict[str, Any], quick: bool, seed: int = 0, several_seeds: bool = False
+) -> Scenario:
+    """The scenario's request with the CLI's overrides and the seed, validated by the API's own schema.
+
+    The seed is the job's: it picks the stratified hold-out, initialises the head and orders the batches, on
+    both sides of a pair.
+    """
     fields = dict(SCENARIO_REQUESTS[name])
     if name == "recipe":
         fields.update(recipe_overrides)
     if quick:
         fields.update(QUICK_OVERRIDES)
-    request = JobCreate(dataset_id=uuid.UUID(int=0), model_name=f"bench-{name}", **fields)
+    fields["seed"] = seed
+    label = f"{name}/seed{seed}" if several_seeds else name
+    request = JobCreate(dataset_id=uuid.UUID(int=0), model_name=f"bench-{label.replace('/', '-')}", **fields)
     plain_twin = name not in SERVICE_ONLY
     if plain_twin:
         check_supported(request)
-    return Scenario(name, request, plain_twin)
+    return Scenario(name, request, plain_twin, label)
 
 
 # ---------------------------------------------------------------- the service path
@@ -324,7 +351,7 @@ def read_service_result(
         ]
         test_metrics = job.test_metrics or {}
         return RunResult(
-            scenario=scenario.name,
+            scenario=scenario.label,
             side="service",
             strategy=job.strategy,
             image_size=scenario.request.image_size,
@@ -403,26 +430,19 @@ def at_least(value: float | None, threshold: float) -> bool:
 
 
 def checks_for(result: ScenarioResult) -> list[Check]:
-    """The issue's targets for this scenario."""
-    name, service, r = result.scenario.name, result.service, result.ratios()
+    """The issue's targets for this run (the linear accuracy difference is judged over seeds: seed_checks)."""
+    name, label, service, r = result.scenario.name, result.scenario.label, result.service, result.ratios()
     if name == "linear":
-        diff = r.get("service_minus_plain_test_accuracy")
         total = r.get("plain_over_service_total_seconds")
         return [
             Check(
-                name,
+                label,
                 f"plain/service total s >= {LINEAR_SPEEDUP_TARGET:g}",
                 total,
                 at_least(total, LINEAR_SPEEDUP_TARGET),
             ),
             Check(
-                name,
-                f"|service - plain test acc| <= {LINEAR_ACCURACY_TOLERANCE:g}",
-                diff,
-                diff is not None and abs(diff) <= LINEAR_ACCURACY_TOLERANCE,
-            ),
-            Check(
-                name,
+                label,
                 f"service test acc >= {LINEAR_ACCURACY_TARGET:g}",
                 service.test_accuracy,
                 at_least(service.test_accuracy, LINEAR_ACCURACY_TARGET),
@@ -431,14 +451,65 @@ def checks_for(result: ScenarioResult) -> list[Check]:
     if name in ("partial", "full"):
         per_epoch = r.get("plain_over_service_mean_epoch_seconds")
         return [
-            Check(name, "service mean s/epoch <= plain loop (plain/service >= 1)", per_epoch, at_least(per_epoch, 1))
+            Check(label, "service mean s/epoch <= plain loop (plain/service >= 1)", per_epoch, at_least(per_epoch, 1))
         ]
     if name == "recipe":
         acc = service.test_accuracy
         return [
-            Check(name, f"service test acc >= {RECIPE_ACCURACY_TARGET:g}", acc, at_least(acc, RECIPE_ACCURACY_TARGET))
+            Check(label, f"service test acc >= {RECIPE_ACCURACY_TARGET:g}", acc, at_least(acc, RECIPE_ACCURACY_TARGET))
         ]
     return []
+
+
+def seed_summaries(results: Sequence[ScenarioResult]) -> dict[str, dict[str, Any]]:
+    """Per paired scenario: each seed's test accuracies on both sides and their difference, and the means.
+
+    One test batch of 1,017 images has a standard error of about 1.1 points at 86%, and a run's best epoch moves
+    with its seed, so a single seed cannot settle a 1-point tolerance; the mean over seeds can.
+    """
+    by_name: dict[str, list[ScenarioResult]] = {}
+    for result in results:
+        if result.plain is not None:
+            by_name.setdefault(result.scenario.name, []).append(result)
+    summaries = {}
+    for name, runs in by_name.items():
+        service = [r.service.test_accuracy for r in runs]
+        plain = [r.plain.test_accuracy for r in runs if r.plain is not None]
+        diffs = [d for r in runs if (d := r.ratios()["service_minus_plain_test_accuracy"]) is not None]
+        totals = [t for r in runs if (t := r.ratios()["plain_over_service_total_seconds"]) is not None]
+        summaries[name] = {
+            "seeds": [r.scenario.request.seed for r in runs],
+            "service_test_accuracy": service,
+            "plain_test_accuracy": plain,
+            "service_minus_plain_test_accuracy": diffs,
+            "mean_service_test_accuracy": mean_or_none([a for a in service if a is not None]),
+            "mean_plain_test_accuracy": mean_or_none([a for a in plain if a is not None]),
+            "mean_difference": mean_or_none(diffs),
+            "stdev_difference": statistics.stdev(diffs) if len(diffs) > 1 else None,
+            "mean_plain_over_service_total_seconds": mean_or_none(totals),
+        }
+    return summaries
+
+
+def seed_checks(summaries: dict[str, dict[str, Any]]) -> list[Check]:
+    """linear: the service's test accuracy within the tolerance of the plain loop's, on the mean over seeds."""
+    linear = summaries.get("linear")
+    if linear is None:
+        return []
+    diff, n = linear["mean_difference"], len(linear["seeds"])
+    over = f"mean over {n} seeds" if n > 1 else f"seed {linear['seeds'][0]}"
+    return [
+        Check(
+            "linear",
+            f"|service - plain test acc| <= {LINEAR_ACCURACY_TOLERANCE:g} ({over})",
+            diff,
+            diff is not None and abs(diff) <= LINEAR_ACCURACY_TOLERANCE,
+        )
+    ]
+
+
+def mean_or_none(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
 
 
 # ---------------------------------------------------------------- running
@@ -463,7 +534,7 @@ def run_scenario(scenario: Scenario, service: ServiceHarness, cifar_dir: Path, c
         )
     elif scenario.plain_twin:
         log.info("%s: plain loop", scenario.name)
-        plain = run_plain(req, scenario.name, cifar_dir, cfg.plain_num_workers)
+        plain = run_plain(req, scenario.label, cifar_dir, cfg.plain_num_workers)
         log.info("%s: plain loop in %.1f s", scenario.name, plain.total_seconds)
     result = ScenarioResult(scenario, ours, plain)
     result.checks = checks_for(result)
@@ -524,7 +595,7 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
 
 def ratio_line(result: ScenarioResult) -> str | None:
     """Plain/service ratios for a pair; what fine-tuning bought for a service-only job that measured it."""
-    name, s, r = result.scenario.name, result.service, result.ratios()
+    name, s, r = result.scenario.label, result.service, result.ratios()
     if result.plain is not None:
         per_epoch = fmt(r["plain_over_service_mean_epoch_seconds"], ".2f")
         total = fmt(r["plain_over_service_total_seconds"], ".2f")
@@ -547,7 +618,29 @@ def ratio_lines(results: Sequence[ScenarioResult]) -> list[str]:
             lines.append(line)
         status = result.service.extra.get("status")
         if status != "succeeded":
-            lines.append(f"  {result.scenario.name}: service job {status}: {result.service.extra.get('error')}")
+            lines.append(f"  {result.scenario.label}: service job {status}: {result.service.extra.get('error')}")
+    return lines
+
+
+def seed_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """For a pair run with several seeds: the test accuracies per seed and their means."""
+    lines = []
+    for name, summary in summaries.items():
+        if len(summary["seeds"]) < 2:
+            continue
+        per_seed = ", ".join(
+            f"seed {seed} {fmt(d, '+.4f')}"
+            for seed, d in zip(summary["seeds"], summary["service_minus_plain_test_accuracy"], strict=False)
+        )
+        means = (
+            f"test acc service {fmt(summary['mean_service_test_accuracy'], '.4f')}, "
+            f"plain {fmt(summary['mean_plain_test_accuracy'], '.4f')}"
+        )
+        diff = f"mean {fmt(summary['mean_difference'], '+.4f')} (sd {fmt(summary['stdev_difference'], '.4f')})"
+        speed = f"plain/service total {fmt(summary['mean_plain_over_service_total_seconds'], '.2f')}x"
+        lines.append(
+            f"  {name} over {len(summary['seeds'])} seeds: {means}; service - plain: {per_seed}; {diff}; {speed}"
+        )
     return lines
 
 
@@ -563,7 +656,9 @@ def print_report(cfg: BenchConfig, results: Sequence[ScenarioResult], sizes: dic
     print(" includes the one-time feature extraction. before FT: test accuracy before fine-tuning, when measured)")
     print("ratios:")
     print("\n".join(ratio_lines(results)))
-    for check in (c for r in results for c in r.checks):
+    summaries = seed_summaries(results)
+    print("\n".join(seed_lines(summaries)))
+    for check in all_checks(results, summaries):
         print(
             f"{'PASS' if check.passed else 'FAIL'}  {check.scenario}: {check.description}  ({fmt(check.value, '.4g')})"
         )
@@ -596,17 +691,23 @@ def results_payload(
     ingest_seconds: float | None,
     complete: bool,
 ) -> dict[str, Any]:
-    checks = [c for r in results for c in r.checks]
+    summaries = seed_summaries(results)
+    checks = all_checks(results, summaries)
     return {
         "benchmark": "finetune_cifar",
         "complete": complete,
         "environment": env,
         "config": cfg.as_json(),
         "data": {**sizes, "ingest_seconds": ingest_seconds},
-        "scenarios": {r.scenario.name: r.as_json() for r in results},
+        "scenarios": {r.scenario.label: r.as_json() for r in results},
+        "over_seeds": summaries,
         "checks": [asdict(c) for c in checks],
         "all_passed": bool(checks) and all(c.passed for c in checks),
     }
+
+
+def all_checks(results: Sequence[ScenarioResult], summaries: dict[str, dict[str, Any]]) -> list[Check]:
+    return [c for r in results for c in r.checks] + seed_checks(summaries)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -635,6 +736,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"smoke mode: {QUICK_LIMITS[0]} train / {QUICK_LIMITS[1]} test images, 64 px and 1 epoch everywhere",
     )
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated job seeds; every scenario runs once per seed (both sides of a pair use the seed), "
+        "and the linear accuracy check uses the mean over seeds (default 0)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
     return parser.parse_args(argv)
 
@@ -652,9 +759,16 @@ def make_config(args: argparse.Namespace) -> BenchConfig:
         raise ValueError("--recipe-json must be a JSON object of job fields")
     if "dataset_id" in overrides or "model_name" in overrides:
         raise ValueError("--recipe-json cannot set dataset_id or model_name")
-    scenarios = tuple(make_scenario(n, overrides, args.quick) for n in names)
+    try:
+        seeds = tuple(dict.fromkeys(int(s) for s in args.seeds.split(",") if s.strip()))
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, not {args.seeds!r}") from None
+    if not seeds:
+        raise ValueError("--seeds needs at least one seed")
+    several = len(seeds) > 1
+    scenarios = tuple(make_scenario(n, overrides, args.quick, seed, several) for n in names for seed in seeds)
     limits = QUICK_LIMITS if args.quick else (None, None)
-    return BenchConfig(args.cifar, args.quick, scenarios, *limits)
+    return BenchConfig(args.cifar, args.quick, scenarios, seeds, *limits)
 
 
 def warn_if_busy() -> float:
