@@ -71,7 +71,7 @@ class JobCreate(BaseModel):
         gt=0,
         le=1,
         description="partial/full: a stage at depth d below the head trains at learning_rate × lr_decay^d; "
-        "default 0.75 with pretrained weights, 1 (off) with weights none",
+        "default 0.9 with pretrained weights, 1 (off) with weights none",
     )
     lora_rank: int = Field(default=8, ge=1, le=256)
     lora_alpha: float = Field(default=16.0, gt=0, le=1024)

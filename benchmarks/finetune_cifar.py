@@ -57,7 +57,7 @@ Differences kept on purpose, because they are each side's defaults (except in ``
 plain loop's constant lr and weight decay 0.01, so that its accuracy check compares feature caching and the
 service's best-epoch choice with the plain loop, and not two optimizer settings):
 the service uses a cosine schedule, weight decay 1e-4 off norms and biases, discriminative learning rates for
-partial/full (lr x 0.75 per stage below the head), frozen BatchNorm layers in eval mode, channels-last tensors
+partial/full (lr x 0.9 per stage below the head), frozen BatchNorm layers in eval mode, channels-last tensors
 and small inference batches on a CPU; the plain loop a constant lr, AdamW's default weight decay 0.01, one lr
 for everything.
 

@@ -36,7 +36,7 @@ def test_discriminative_learning_rates_in_param_groups():
     stem = next(g for g in opt.param_groups if any(p is built.model.conv1.weight for p in g["params"]))
     head = next(g for g in opt.param_groups if any(p is built.model.fc.weight for p in g["params"]))
     assert stem["lr"] == pytest.approx(0.1 * 0.5**5) and head["lr"] == pytest.approx(0.1)
-    assert TrainConfig(arch="x").lr_decay == 0.75 and TrainConfig(arch="x", weights="none").lr_decay == 1.0
+    assert TrainConfig(arch="x").lr_decay == 0.9 and TrainConfig(arch="x", weights="none").lr_decay == 1.0
 
 
 def test_lora_trains_adapters_only_and_merges_for_serving(tmp_path):

@@ -37,6 +37,12 @@ from app.ml.transforms import eval_transform
 DECODED_CACHE_BYTES = 2 * 1024**3
 # A uniformly sized dataset up to this size lives on the GPU, augmented there.
 DEVICE_RESIDENT_BYTES = 4 * 1024**3
+# Discriminative learning rates with pretrained weights: lr x 0.9 per stage below the head. On the CIFAR-10
+# subset (README, Measured figures) milder decays did better: `full` at 96 px over 3 epochs reached 74.7%
+# with 0.75, 77.0% with 0.9 and 79.1% with 1; the 224 px partial recipe 91.0% with 0.75 and 91.4% with 0.9.
+# 0.9 keeps the early, generic stages moving more slowly without starving them (the stem of an 8-stage
+# backbone trains at 43% of the rate).
+DEFAULT_LR_DECAY = 0.9
 
 
 @dataclass
@@ -47,7 +53,7 @@ class TrainConfig:
     weights: str = "imagenet"
     strategy: str = "linear"
     unfreeze_stages: int = 1
-    lr_decay: float | None = None  # discriminative LR per stage; None: 0.75 with pretrained weights, else 1
+    lr_decay: float | None = None  # discriminative LR per stage; None: DEFAULT_LR_DECAY when pretrained, else 1
     lora_rank: int = 8
     lora_alpha: float = 16.0
     epochs: int = 5
@@ -76,7 +82,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.lr_decay is None:
-            self.lr_decay = 0.75 if self.weights != "none" else 1.0
+            self.lr_decay = DEFAULT_LR_DECAY if self.weights != "none" else 1.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
