@@ -211,11 +211,7 @@ class Scenario:
     name: str
     request: JobCreate
     plain_twin: bool
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.label:
-            object.__setattr__(self, "label", self.name)
+    label: str
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -519,23 +515,23 @@ def run_scenario(scenario: Scenario, service: ServiceHarness, cifar_dir: Path, c
     req = scenario.request
     log.info(
         "%s: service job (%s, %d px, %d epoch(s), batch %d)",
-        scenario.name,
+        scenario.label,
         req.strategy,
         req.image_size,
         req.epochs,
         req.batch_size,
     )
     ours = service.run(scenario)
-    log.info("%s: service job %s in %.1f s", scenario.name, ours.extra["status"], ours.total_seconds)
+    log.info("%s: service job %s in %.1f s", scenario.label, ours.extra["status"], ours.total_seconds)
     plain = None
     if scenario.plain_twin and ours.extra["status"] != "succeeded":
         log.error(
-            "%s: skipping the plain loop, the service job did not succeed: %s", scenario.name, ours.extra["error"]
+            "%s: skipping the plain loop, the service job did not succeed: %s", scenario.label, ours.extra["error"]
         )
     elif scenario.plain_twin:
-        log.info("%s: plain loop", scenario.name)
+        log.info("%s: plain loop", scenario.label)
         plain = run_plain(req, scenario.label, cifar_dir, cfg.plain_num_workers)
-        log.info("%s: plain loop in %.1f s", scenario.name, plain.total_seconds)
+        log.info("%s: plain loop in %.1f s", scenario.label, plain.total_seconds)
     result = ScenarioResult(scenario, ours, plain)
     result.checks = checks_for(result)
     return result
@@ -657,7 +653,8 @@ def print_report(cfg: BenchConfig, results: Sequence[ScenarioResult], sizes: dic
     print("ratios:")
     print("\n".join(ratio_lines(results)))
     summaries = seed_summaries(results)
-    print("\n".join(seed_lines(summaries)))
+    for line in seed_lines(summaries):
+        print(line)
     for check in all_checks(results, summaries):
         print(
             f"{'PASS' if check.passed else 'FAIL'}  {check.scenario}: {check.description}  ({fmt(check.value, '.4g')})"
