@@ -13,7 +13,7 @@ from app.ml import trainer
 from app.ml.augment import AUGMENTATIONS, BatchMixer, random_resized_crop_batch, resize_batch, train_transform
 from app.ml.backbones import build_model
 from app.ml.data import DeviceBatches, SampleSet
-from app.ml.engine import DeviceSetup, train_one_epoch
+from app.ml.engine import DeviceSetup, RunningStats, train_head_epoch, train_one_epoch
 from app.ml.optim import EarlyStopping, class_weights, lr_factor, make_optimizer, stage_depths
 from app.ml.predictor import LoadedModel
 from app.ml.strategies import apply_strategy, export_state_dict, lora_targets
@@ -37,6 +37,33 @@ def test_discriminative_learning_rates_in_param_groups():
     head = next(g for g in opt.param_groups if any(p is built.model.fc.weight for p in g["params"]))
     assert stem["lr"] == pytest.approx(0.1 * 0.5**5) and head["lr"] == pytest.approx(0.1)
     assert TrainConfig(arch="x").lr_decay == 0.9 and TrainConfig(arch="x", weights="none").lr_decay == 1.0
+
+
+def test_epoch_stats_are_the_batch_size_weighted_means_of_every_step():
+    # The sums stay on the device during the epoch; what comes out must equal a per-step reference.
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 3)
+    features, labels = torch.randn(50, 8), torch.arange(50) % 3
+    loss_fn = torch.nn.CrossEntropyLoss()
+    steps = []
+
+    def record(module, args, logits):
+        logits, y = logits.detach(), labels_by_step.pop(0)
+        steps.append((float(loss_fn(logits, y)) * len(y), int((logits.argmax(1) == y).sum()), len(y)))
+
+    # feature_batches walks in this order for a generator seeded 1 (the shuffle train_head_epoch uses)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    labels_by_step = [labels[order[i : i + 16]] for i in range(0, 50, 16)]
+    handle = head.register_forward_hook(record)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    stats = train_head_epoch(head, features, labels, opt, None, loss_fn, 16, torch.Generator().manual_seed(1))
+    handle.remove()
+    assert stats.images == 50 and len(steps) == 4
+    assert stats.loss == pytest.approx(sum(s[0] for s in steps) / 50, rel=1e-5)
+    assert stats.accuracy == pytest.approx(sum(s[1] for s in steps) / 50)
+
+    running = RunningStats(torch.device("cpu"))
+    assert running.finish().images == 0  # an empty epoch is zeros, not a division by zero
 
 
 def test_lora_trains_adapters_only_and_merges_for_serving(tmp_path):

@@ -60,6 +60,29 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+class RunningStats:
+    """Loss and correct predictions summed on the device and read once per epoch: reading them every step
+    (float(loss), int(...)) would make each CUDA step wait until the GPU has finished the previous one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = len(labels)
+        self.loss_sum += loss.detach().float() * n
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += n
+
+    def finish(self) -> EpochStats:
+        """The epoch's stats; waits for the device's queued work, so the seconds include it."""
+        loss_sum, correct = float(self.loss_sum), int(self.correct)
+        seen = max(self.seen, 1)
+        return EpochStats(loss_sum / seen, correct / seen, self.seen, time.perf_counter() - self.start)
+
+
 def set_train_mode(model: nn.Module) -> None:
     """Train mode, except BatchNorm layers whose parameters are frozen keep their running statistics."""
     model.train()
@@ -95,10 +118,7 @@ def train_one_epoch(
     With a mixer (MixUp/CutMix) the loss uses its soft targets; accuracy counts against the hard labels.
     """
     set_train_mode(model)
-    start = time.perf_counter()
-    loss_sum = 0.0
-    correct = 0
-    seen = 0
+    running = RunningStats(setup.device)
     for images, targets in loader:
         if should_stop():
             raise TrainingStopped
@@ -125,13 +145,8 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        n = len(y)
-        loss_sum += float(loss.detach()) * n
-        correct += int((logits.detach().argmax(1) == y).sum())
-        seen += n
-    if setup.device.type == "cuda":
-        torch.cuda.synchronize(setup.device)
-    return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+        running.add(loss, logits, y)
+    return running.finish()
 
 
 @torch.inference_mode()
@@ -214,8 +229,7 @@ def train_head_epoch(
 ) -> EpochStats:
     """One epoch of the head alone on cached backbone features."""
     head.train()
-    start = time.perf_counter()
-    loss_sum, correct, seen = 0.0, 0, 0
+    running = RunningStats(features.device)
     for x, y in feature_batches(features, labels, batch_size, generator):
         if should_stop():
             raise TrainingStopped
@@ -226,10 +240,8 @@ def train_head_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.detach().argmax(1) == y).sum())
-        seen += len(y)
-    return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+        running.add(loss, logits, y)
+    return running.finish()
 
 
 @torch.inference_mode()
