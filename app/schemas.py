@@ -8,6 +8,11 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Discriminative learning rates with pretrained weights: a stage at depth d trains at lr x 0.9^d. Milder
+# decays trained better than 0.75 on the CIFAR subset (README, Measured figures); 0.9 still keeps the early,
+# generic stages slower (an 8-stage backbone's stem at 43% of the rate).
+DEFAULT_LR_DECAY = 0.9
+
 T = TypeVar("T")
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -71,7 +76,7 @@ class JobCreate(BaseModel):
         gt=0,
         le=1,
         description="partial/full: a stage at depth d below the head trains at learning_rate × lr_decay^d; "
-        "default 0.9 with pretrained weights, 1 (off) with weights none",
+        f"default {DEFAULT_LR_DECAY:g} with pretrained weights, 1 (off) with weights none",
     )
     lora_rank: int = Field(default=8, ge=1, le=256)
     lora_alpha: float = Field(default=16.0, gt=0, le=1024)

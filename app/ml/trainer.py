@@ -32,17 +32,12 @@ from app.ml.metrics import MetricAccumulator
 from app.ml.optim import EarlyStopping, class_weights, make_optimizer, make_scheduler, stage_depths
 from app.ml.strategies import apply_strategy
 from app.ml.transforms import eval_transform
+from app.schemas import DEFAULT_LR_DECAY
 
 # Small datasets are decoded once and kept in memory (per job) up to this many bytes.
 DECODED_CACHE_BYTES = 2 * 1024**3
 # A uniformly sized dataset up to this size lives on the GPU, augmented there.
 DEVICE_RESIDENT_BYTES = 4 * 1024**3
-# Discriminative learning rates with pretrained weights: lr x 0.9 per stage below the head. On the CIFAR-10
-# subset (README, Measured figures) milder decays did better: `full` at 96 px over 3 epochs reached 74.7%
-# with 0.75, 77.0% with 0.9 and 79.1% with 1; the 224 px partial recipe 91.0% with 0.75 and 91.4% with 0.9.
-# 0.9 keeps the early, generic stages moving more slowly without starving them (the stem of an 8-stage
-# backbone trains at 43% of the rate).
-DEFAULT_LR_DECAY = 0.9
 
 
 @dataclass
