@@ -147,6 +147,37 @@ def test_metrics_match_hand_computed_reference():
     assert many.summary(list("abcdefg"))["top5_accuracy"] == pytest.approx(0.5)
 
 
+def test_metrics_match_sklearn_on_a_fixed_example():
+    # 8 classes, imbalanced, one class never predicted and one never present, fed in uneven batches.
+    from sklearn import metrics as skm
+
+    g = torch.Generator().manual_seed(3)
+    targets = torch.multinomial(torch.tensor([8.0, 5, 4, 3, 2, 2, 1, 0]), 300, True, generator=g)
+    logits = torch.randn(300, 8, generator=g) + 2.5 * torch.nn.functional.one_hot(targets, 8)
+    logits[:, 5] -= 6  # class 5 is never predicted (and its probabilities are not clipped by log_loss)
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    acc = MetricAccumulator(8)
+    for lo, hi in [(0, 7), (7, 128), (128, 300)]:
+        acc.update(logits[lo:hi], targets[lo:hi], loss_fn(logits[lo:hi], targets[lo:hi]))
+    names = [f"c{i}" for i in range(8)]
+    s = acc.summary(names)
+    y, pred, probs = targets.numpy(), logits.argmax(1).numpy(), logits.softmax(1).double().numpy()
+    assert 5 not in pred and 5 in y and 7 not in y
+    assert s["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(8)).tolist()
+    assert s["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert s["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, logits.numpy(), k=5, labels=range(8)))
+    assert s["loss"] == pytest.approx(skm.log_loss(y, probs, labels=range(8)), rel=1e-5)
+    p, r, f, support = skm.precision_recall_fscore_support(y, pred, labels=range(8), zero_division=0)
+    for i, name in enumerate(names):
+        got = s["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p[i], r[i], f[i]))
+        assert got["support"] == support[i]
+    # Macro averages are over the classes present in the split (class 7 never occurs here).
+    present = sorted(set(y.tolist()))
+    macro = skm.precision_recall_fscore_support(y, pred, labels=present, average="macro", zero_division=0)
+    assert (s["macro_precision"], s["macro_recall"], s["macro_f1"]) == pytest.approx(macro[:3])
+
+
 def test_checkpoint_roundtrip_hash_and_atomicity(tmp_path):
     built = build_model("resnet18", 3, "none")
     path = tmp_path / "ckpt" / "e1.safetensors"

@@ -170,7 +170,7 @@ def evaluate(
         with setup.autocast():
             logits = model(x)
         logits = logits.float()
-        acc.update(logits, y, float(loss_fn(logits, y)))
+        acc.update(logits, y, loss_fn(logits, y))
     return acc
 
 
@@ -254,5 +254,5 @@ def evaluate_head(
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     for x, y in feature_batches(features, labels, batch_size, None):
         logits = head(x).float()
-        acc.update(logits, y, float(loss_fn(logits, y)))
+        acc.update(logits, y, loss_fn(logits, y))
     return acc

@@ -2,36 +2,55 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 
-@dataclass
 class MetricAccumulator:
-    """Accumulates loss, top-k hits and a confusion matrix over batches of logits."""
+    """Accumulates loss, top-5 hits and a confusion matrix over batches of logits.
 
-    num_classes: int
-    loss_sum: float = 0.0
-    count: int = 0
-    top5_hits: int = 0
-    confusion: torch.Tensor = field(init=False)
+    The sums stay on the logits' device and are read once, when a figure is asked for: copying every
+    batch to the host would make each CUDA evaluation step wait for the previous one.
+    """
 
-    def __post_init__(self) -> None:
-        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.count = 0
+        self._loss_sum: torch.Tensor | None = None
+        self._top5_hits: torch.Tensor | None = None
+        self._confusion: torch.Tensor | None = None
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: float) -> None:
-        logits = logits.detach().float().cpu()
-        targets = targets.detach().cpu()
-        preds = logits.argmax(dim=1)
-        flat = targets * self.num_classes + preds
-        self.confusion += torch.bincount(flat, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor | float) -> None:
+        """Add a batch: its logits, integer targets and the batch's summed (not mean) loss."""
+        logits = logits.detach().float()
+        targets = targets.detach().to(logits.device)
+        if self._confusion is None:
+            self._confusion = torch.zeros(self.num_classes**2, dtype=torch.int64, device=logits.device)
+            self._top5_hits = torch.zeros((), dtype=torch.int64, device=logits.device)
+            self._loss_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
+        flat = targets * self.num_classes + logits.argmax(dim=1)
+        self._confusion += torch.bincount(flat, minlength=self.num_classes**2)
         if self.num_classes > 5:
             top5 = logits.topk(5, dim=1).indices
-            self.top5_hits += int((top5 == targets.unsqueeze(1)).any(dim=1).sum())
-        self.loss_sum += loss_sum
+            self._top5_hits += (top5 == targets.unsqueeze(1)).any(dim=1).sum()
+        self._loss_sum += torch.as_tensor(loss_sum, dtype=torch.float64, device=logits.device).detach()
         self.count += len(targets)
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        """Rows are true classes, columns predicted ones (on the host)."""
+        if self._confusion is None:
+            return torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        return self._confusion.cpu().view(self.num_classes, self.num_classes)
+
+    @property
+    def loss_sum(self) -> float:
+        return float(self._loss_sum) if self._loss_sum is not None else 0.0
+
+    @property
+    def top5_hits(self) -> int:
+        return int(self._top5_hits) if self._top5_hits is not None else 0
 
     @property
     def loss(self) -> float:
