@@ -67,10 +67,11 @@ load average before and after every run is in the JSON). The first job pays the 
 (weights from disk, oneDNN kernels), which counts against the service.
 
 Seeds. ``--seeds 0,1,2`` runs every chosen scenario once per seed (the job's seed, used by both sides: it
-picks the hold-out, initialises the head and orders the batches). The linear accuracy check is judged on the
-mean of service - plain over the seeds: the test batch alone has a standard error of about 1.1 points at 86%,
-and which epoch scores best on a 406-image hold-out moves with the seed, so one seed cannot settle a 1-point
-tolerance. The JSON's ``over_seeds`` holds each seed's accuracies and the means.
+picks the hold-out, initialises the head and orders the batches). The accuracy targets (linear's and recipe's
+floors, linear's 1-point tolerance) are judged on the mean over the seeds, the speed targets on every run: the
+test batch alone has a standard error of about 1.1 points at 86%, and which epoch scores best on a 406-image
+hold-out moves with the seed, so one seed cannot settle a 1-point tolerance, nor whether a recipe that
+averages 91% clears 90%. The JSON's ``over_seeds`` holds each seed's accuracies and the means.
 
 Run from the repository root::
 
@@ -426,9 +427,9 @@ def at_least(value: float | None, threshold: float) -> bool:
 
 
 def checks_for(result: ScenarioResult) -> list[Check]:
-    """The issue's targets for this run (the linear accuracy difference is judged over seeds: seed_checks)."""
-    name, label, service, r = result.scenario.name, result.scenario.label, result.service, result.ratios()
-    if name == "linear":
+    """The issue's speed targets for this run (accuracy targets are judged over seeds: seed_checks)."""
+    label, r = result.scenario.label, result.ratios()
+    if result.scenario.name == "linear":
         total = r.get("plain_over_service_total_seconds")
         return [
             Check(
@@ -436,49 +437,40 @@ def checks_for(result: ScenarioResult) -> list[Check]:
                 f"plain/service total s >= {LINEAR_SPEEDUP_TARGET:g}",
                 total,
                 at_least(total, LINEAR_SPEEDUP_TARGET),
-            ),
-            Check(
-                label,
-                f"service test acc >= {LINEAR_ACCURACY_TARGET:g}",
-                service.test_accuracy,
-                at_least(service.test_accuracy, LINEAR_ACCURACY_TARGET),
-            ),
+            )
         ]
-    if name in ("partial", "full"):
+    if result.scenario.name in ("partial", "full"):
         per_epoch = r.get("plain_over_service_mean_epoch_seconds")
         return [
             Check(label, "service mean s/epoch <= plain loop (plain/service >= 1)", per_epoch, at_least(per_epoch, 1))
-        ]
-    if name == "recipe":
-        acc = service.test_accuracy
-        return [
-            Check(label, f"service test acc >= {RECIPE_ACCURACY_TARGET:g}", acc, at_least(acc, RECIPE_ACCURACY_TARGET))
         ]
     return []
 
 
 def seed_summaries(results: Sequence[ScenarioResult]) -> dict[str, dict[str, Any]]:
-    """Per paired scenario: each seed's test accuracies on both sides and their difference, and the means.
+    """Per scenario: each seed's test accuracies (both sides of a pair, and their difference) and the means.
 
     One test batch of 1,017 images has a standard error of about 1.1 points at 86%, and a run's best epoch moves
-    with its seed, so a single seed cannot settle a 1-point tolerance; the mean over seeds can.
+    with its seed, so a single seed cannot settle a 1-point tolerance or a threshold; the mean over seeds can.
     """
     by_name: dict[str, list[ScenarioResult]] = {}
     for result in results:
-        if result.plain is not None:
-            by_name.setdefault(result.scenario.name, []).append(result)
+        by_name.setdefault(result.scenario.name, []).append(result)
     summaries = {}
     for name, runs in by_name.items():
         service = [r.service.test_accuracy for r in runs]
         plain = [r.plain.test_accuracy for r in runs if r.plain is not None]
-        diffs = [d for r in runs if (d := r.ratios()["service_minus_plain_test_accuracy"]) is not None]
-        totals = [t for r in runs if (t := r.ratios()["plain_over_service_total_seconds"]) is not None]
+        diffs = [d for r in runs if (d := r.ratios().get("service_minus_plain_test_accuracy")) is not None]
+        totals = [t for r in runs if (t := r.ratios().get("plain_over_service_total_seconds")) is not None]
+        measured = [a for a in service if a is not None]
         summaries[name] = {
             "seeds": [r.scenario.request.seed for r in runs],
+            "paired": any(r.plain is not None for r in runs),
             "service_test_accuracy": service,
             "plain_test_accuracy": plain,
             "service_minus_plain_test_accuracy": diffs,
-            "mean_service_test_accuracy": mean_or_none([a for a in service if a is not None]),
+            "mean_service_test_accuracy": mean_or_none(measured),
+            "stdev_service_test_accuracy": statistics.stdev(measured) if len(measured) > 1 else None,
             "mean_plain_test_accuracy": mean_or_none([a for a in plain if a is not None]),
             "mean_difference": mean_or_none(diffs),
             "stdev_difference": statistics.stdev(diffs) if len(diffs) > 1 else None,
@@ -487,21 +479,32 @@ def seed_summaries(results: Sequence[ScenarioResult]) -> dict[str, dict[str, Any
     return summaries
 
 
+# The test-accuracy floors, judged on the mean over the seeds run (a failed job counts as 0).
+ACCURACY_TARGETS = {"linear": LINEAR_ACCURACY_TARGET, "recipe": RECIPE_ACCURACY_TARGET}
+
+
 def seed_checks(summaries: dict[str, dict[str, Any]]) -> list[Check]:
-    """linear: the service's test accuracy within the tolerance of the plain loop's, on the mean over seeds."""
-    linear = summaries.get("linear")
-    if linear is None:
-        return []
-    diff, n = linear["mean_difference"], len(linear["seeds"])
-    over = f"mean over {n} seeds" if n > 1 else f"seed {linear['seeds'][0]}"
-    return [
-        Check(
-            "linear",
-            f"|service - plain test acc| <= {LINEAR_ACCURACY_TOLERANCE:g} ({over})",
-            diff,
-            diff is not None and abs(diff) <= LINEAR_ACCURACY_TOLERANCE,
-        )
-    ]
+    """The accuracy targets, on the mean over seeds: the floors (linear, recipe) and linear's tolerance."""
+    checks = []
+    for name, summary in summaries.items():
+        seeds = summary["seeds"]
+        over = f"mean over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+        if name in ACCURACY_TARGETS:
+            accuracies = [a or 0.0 for a in summary["service_test_accuracy"]]
+            acc = statistics.fmean(accuracies)
+            target = ACCURACY_TARGETS[name]
+            checks.append(Check(name, f"service test acc >= {target:g} ({over})", acc, acc >= target))
+        if name == "linear":
+            diff = summary["mean_difference"]
+            checks.append(
+                Check(
+                    name,
+                    f"|service - plain test acc| <= {LINEAR_ACCURACY_TOLERANCE:g} ({over})",
+                    diff,
+                    diff is not None and abs(diff) <= LINEAR_ACCURACY_TOLERANCE,
+                )
+            )
+    return checks
 
 
 def mean_or_none(values: Sequence[float]) -> float | None:
@@ -619,14 +622,23 @@ def ratio_lines(results: Sequence[ScenarioResult]) -> list[str]:
 
 
 def seed_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
-    """For a pair run with several seeds: the test accuracies per seed and their means."""
+    """For a scenario run with several seeds: the test accuracies per seed and their means."""
     lines = []
     for name, summary in summaries.items():
-        if len(summary["seeds"]) < 2:
+        seeds = summary["seeds"]
+        if len(seeds) < 2:
+            continue
+        if not summary["paired"]:
+            per_seed = ", ".join(
+                f"seed {seed} {fmt(a, '.4f')}" for seed, a in zip(seeds, summary["service_test_accuracy"], strict=True)
+            )
+            mean = fmt(summary["mean_service_test_accuracy"], ".4f")
+            sd = fmt(summary["stdev_service_test_accuracy"], ".4f")
+            lines.append(f"  {name} over {len(seeds)} seeds: test acc {per_seed}; mean {mean} (sd {sd})")
             continue
         per_seed = ", ".join(
             f"seed {seed} {fmt(d, '+.4f')}"
-            for seed, d in zip(summary["seeds"], summary["service_minus_plain_test_accuracy"], strict=False)
+            for seed, d in zip(seeds, summary["service_minus_plain_test_accuracy"], strict=False)
         )
         means = (
             f"test acc service {fmt(summary['mean_service_test_accuracy'], '.4f')}, "
@@ -634,9 +646,7 @@ def seed_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
         )
         diff = f"mean {fmt(summary['mean_difference'], '+.4f')} (sd {fmt(summary['stdev_difference'], '.4f')})"
         speed = f"plain/service total {fmt(summary['mean_plain_over_service_total_seconds'], '.2f')}x"
-        lines.append(
-            f"  {name} over {len(summary['seeds'])} seeds: {means}; service - plain: {per_seed}; {diff}; {speed}"
-        )
+        lines.append(f"  {name} over {len(seeds)} seeds: {means}; service - plain: {per_seed}; {diff}; {speed}")
     return lines
 
 
