@@ -91,9 +91,13 @@ def set_train_mode(model: nn.Module) -> None:
             module.eval()
 
 
+def _to_device(t: torch.Tensor, setup: DeviceSetup) -> torch.Tensor:
+    """Asynchronous on CUDA (the loader pins its batches), a no-op for tensors already there."""
+    return t.to(setup.device, non_blocking=setup.device.type == "cuda")
+
+
 def _prepare(images: torch.Tensor, setup: DeviceSetup, prep: Preprocessing) -> torch.Tensor:
-    non_blocking = setup.device.type == "cuda"
-    x = images.to(setup.device, non_blocking=non_blocking)
+    x = _to_device(images, setup)
     x = normalize_batch(x, prep.mean, prep.std)
     if setup.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -123,7 +127,7 @@ def train_one_epoch(
         if should_stop():
             raise TrainingStopped
         x = _prepare(images, setup, prep)
-        y = targets.to(setup.device, non_blocking=setup.device.type == "cuda")
+        y = _to_device(targets, setup)
         target = y
         if mixer is not None:
             x, target = mixer(x, y)
@@ -166,7 +170,7 @@ def evaluate(
         if should_stop():
             raise TrainingStopped
         x = _prepare(images, setup, prep)
-        y = targets.to(setup.device)
+        y = _to_device(targets, setup)
         with setup.autocast():
             logits = model(x)
         logits = logits.float()
@@ -198,7 +202,7 @@ def extract_features(
                 raise TrainingStopped
             with setup.autocast():
                 model(_prepare(images, setup, prep))
-            labels.append(targets.to(setup.device))
+            labels.append(_to_device(targets, setup))
     finally:
         handle.remove()
     return torch.cat(captured), torch.cat(labels)
