@@ -141,6 +141,8 @@ LINEAR_ACCURACY_TARGET = 0.85
 RECIPE_ACCURACY_TARGET = 0.90
 LINEAR_SPEEDUP_TARGET = 3.0  # plain total s / service total s
 LINEAR_ACCURACY_TOLERANCE = 0.01  # |service - plain| test accuracy
+# The test-accuracy floors, judged on the mean over the seeds run (a failed job counts as 0).
+ACCURACY_TARGETS = {"linear": LINEAR_ACCURACY_TARGET, "recipe": RECIPE_ACCURACY_TARGET}
 
 # What every job shares; the scenarios below add their own fields (all are JobCreate fields).
 COMMON_REQUEST: dict[str, Any] = {
@@ -477,10 +479,6 @@ def seed_summaries(results: Sequence[ScenarioResult]) -> dict[str, dict[str, Any
             "mean_plain_over_service_total_seconds": mean_or_none(totals),
         }
     return summaries
-
-
-# The test-accuracy floors, judged on the mean over the seeds run (a failed job counts as 0).
-ACCURACY_TARGETS = {"linear": LINEAR_ACCURACY_TARGET, "recipe": RECIPE_ACCURACY_TARGET}
 
 
 def seed_checks(summaries: dict[str, dict[str, Any]]) -> list[Check]:
