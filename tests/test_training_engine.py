@@ -14,6 +14,7 @@ from app.ml.augment import AUGMENTATIONS, BatchMixer, random_resized_crop_batch,
 from app.ml.backbones import build_model
 from app.ml.data import DeviceBatches, SampleSet
 from app.ml.engine import DeviceSetup, RunningStats, train_head_epoch, train_one_epoch
+from app.ml.flops import peak_flops, peak_for
 from app.ml.optim import EarlyStopping, class_weights, lr_factor, make_optimizer, stage_depths
 from app.ml.predictor import LoadedModel
 from app.ml.strategies import apply_strategy, export_state_dict, lora_targets
@@ -179,6 +180,19 @@ def test_fit_with_mixup_early_stopping_and_baseline_not_applicable():
     assert result.baseline["status"] == "not applicable"
     assert result.flops_per_image and result.flops_per_image > 1e6
     assert all(r.tflops and r.tflops > 0 and r.mfu is None for r in hooks.reports)  # no known peak on a CPU
+
+
+def test_peak_rate_follows_the_card_and_the_precision_it_runs_in():
+    sxm = "NVIDIA H100 80GB HBM3"
+    assert peak_for(sxm, amp=True, tf32=True) == pytest.approx(989.4e12)
+    assert peak_for(sxm, amp=False, tf32=True) == pytest.approx(494.7e12)  # fp32 convolutions on tf32 cores
+    assert peak_for(sxm, amp=False, tf32=False) == pytest.approx(66.9e12)
+    assert peak_for("NVIDIA H100 PCIe", amp=True, tf32=True) == pytest.approx(756e12)  # not the SXM figure
+    assert peak_for("NVIDIA A100-SXM4-40GB", amp=True, tf32=True) == pytest.approx(312e12)  # not the A10's
+    assert peak_for("NVIDIA L40S", amp=True, tf32=True) == pytest.approx(362.1e12)  # not the L4's
+    assert peak_for("Tesla V100-SXM2-16GB", amp=False, tf32=True) == pytest.approx(15.7e12)  # no tf32 cores
+    assert peak_for("Some Future GPU", amp=True, tf32=True) is None
+    assert peak_flops(torch.device("cpu"), True) is None
 
 
 def test_fit_linear_reports_the_model_before_fine_tuning():
