@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -205,6 +206,41 @@ def test_fit_linear_reports_the_model_before_fine_tuning():
     assert set(result.baseline) == {"status", "val", "test"}
     assert result.baseline["test"]["count"] == 30 and 0 <= result.baseline["test"]["accuracy"] <= 1
     assert math.isfinite(result.test_metrics["loss"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("arch", "strategy", "extra"),
+    [
+        ("efficientnet_lite0", "linear", {}),  # shipped weights: the feature cache and the baseline run in autocast
+        ("resnet18", "partial", {"unfreeze_stages": 1, "mixup_prob": 0.5}),
+        ("resnet18", "lora", {}),
+    ],
+)
+def test_mixed_precision_paths_run_under_cpu_autocast(dtype, arch, strategy, extra):
+    """The CUDA AMP code (bf16 autocast; fp16 with a GradScaler) exercised without a GPU through CPU autocast."""
+
+    class StateHooks(Hooks):
+        def on_epoch(self, report, built, state) -> None:
+            super().on_epoch(report, built, state)
+            self.state = state()
+
+    weights = {} if arch == "efficientnet_lite0" else {"weights": "none"}
+    cfg = TrainConfig(arch=arch, strategy=strategy, epochs=2, batch_size=8, image_size=32, **weights, **extra)
+    setup = DeviceSetup(device=torch.device("cpu"), amp_dtype=dtype)
+    hooks = StateHooks()
+    samples = tiny_samples(24, classes=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)  # fp16 skips a step
+        result = fit(cfg, ["a", "b", "c"], {"train": samples, "val": samples, "test": samples}, hooks, setup)
+    assert [r.epoch for r in hooks.reports] == [1, 2]
+    assert all(math.isfinite(r.train.loss) and math.isfinite(r.val_loss) for r in hooks.reports)
+    assert result.test_metrics["count"] == 24 and math.isfinite(result.test_metrics["loss"])
+    # Autocast computes in 16 bits, but the weights checkpointed and served stay in fp32.
+    assert {t.dtype for t in hooks.state["model"].values() if t.is_floating_point()} == {torch.float32}
+    assert (hooks.state["scaler"] is not None) == (dtype == torch.float16 and strategy != "linear")
+    if strategy == "linear":
+        assert result.baseline["status"] == "measured"
 
 
 @pytest.mark.parametrize("baseline", [True, False])
