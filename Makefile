@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # does not pick another build); CUDA hosts use the Docker image instead.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench gpu-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/finetune_cifar.py
+
+# On a CUDA host: the GPU tests (skipped elsewhere), then the ResNet-50 throughput benchmark.
+gpu-check: install
+	$(BIN)/python -m pytest -m gpu tests/test_gpu.py
+	$(BIN)/python benchmarks/gpu_throughput.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
