@@ -161,11 +161,11 @@ def test_metrics_match_sklearn_on_a_fixed_example():
         acc.update(logits[lo:hi], targets[lo:hi], loss_fn(logits[lo:hi], targets[lo:hi]))
     names = [f"c{i}" for i in range(8)]
     s = acc.summary(names)
-    y, pred, probs = targets.numpy(), logits.argmax(1).numpy(), logits.softmax(1).double().numpy()
+    y, pred, probs = targets.numpy(), logits.argmax(1).numpy(), logits.double().softmax(1).numpy()
     assert 5 not in pred and 5 in y and 7 not in y
     assert s["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(8)).tolist()
     assert s["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
-    assert s["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, logits.numpy(), k=5, labels=range(8)))
+    assert s["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=5, labels=range(8)))
     assert s["loss"] == pytest.approx(skm.log_loss(y, probs, labels=range(8)), rel=1e-5)
     p, r, f, support = skm.precision_recall_fscore_support(y, pred, labels=range(8), zero_division=0)
     for i, name in enumerate(names):
