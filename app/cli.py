@@ -1,10 +1,13 @@
-"""The `visiontune` command: run (embedded), api, worker, migrate."""
+"""The `visiontune` command: run (embedded), api, worker, reaper, migrate, keys."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+from app import keys_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,17 +26,24 @@ def main(argv: list[str] | None = None) -> int:
     proc.add_argument("--name", default="cpu")
     sub.add_parser("reaper", help="requeue jobs of dead workers and re-send tasks the broker lost (loop)")
     sub.add_parser("migrate", help="alembic upgrade head on the configured database")
+    keys_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from app.config import get_settings
 
     settings = get_settings()
+    if args.command == "keys":
+        return keys_cli.run(settings, args)
     if args.command in ("run", "api"):
         if args.host:
             settings.host = args.host
+            os.environ["VISIONTUNE_HOST"] = args.host  # API worker processes check auth=off against it too
         if args.port:
             settings.port = args.port
+        from app.auth import check_auth_mode
+
+        check_auth_mode(settings)
     if args.command == "run":
         from app.embedded import run_embedded
 

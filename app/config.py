@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,9 @@ class Settings(BaseSettings):
     max_extracted_bytes: int = Field(default=16 * 1024**3, description="Largest unpacked dataset accepted")
     max_predict_images: int = Field(default=64, description="Most images in one /predict request")
     max_predict_image_bytes: int = Field(default=20 * 1024**2, description="Largest image /predict accepts")
+    max_predict_request_bytes: int = Field(
+        default=64 * 1024**2, description="Largest /predict request body (all images and fields together)"
+    )
     lease_seconds: float = Field(default=60.0, description="How long a worker's claim on a job lasts unrenewed")
     max_attempts: int = Field(
         default=3, description="Default attempts a job gets before a crashing worker or transient error fails it"
@@ -37,6 +41,54 @@ class Settings(BaseSettings):
         default=30.0, description="A queued job whose task the broker no longer holds is re-sent after this long"
     )
     predict_device: str = Field(default="cpu", description="Device the API process serves /predict on")
+    max_predict_pixels: int = Field(
+        default=40_000_000, description="Most pixels one /predict image may have (checked from its header)"
+    )
+    max_predict_request_pixels: int = Field(
+        default=200_000_000, description="Most pixels of all images of one /predict request together"
+    )
+    # ---- access control (app/auth.py, app/api/deps.py)
+    auth: Literal["on", "off"] = Field(
+        default="on", description="API keys required; 'off' is accepted only when the API binds to loopback"
+    )
+    secret_key: str | None = Field(
+        default=None,
+        description="Server secret keys are hashed with (HMAC-SHA256); read from data_dir/secret_key if unset",
+    )
+    admin_key: str | None = Field(
+        default=None, description="First admin key (project default), created at start-up when no key has it"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (off when empty)")
+    weights_root: Path | None = Field(
+        default=None, description="Directory under which admins may name server-side weights files"
+    )
+    # ---- limits (checked before the work; app/limits.py, app/services/archives.py)
+    max_json_bytes: int = Field(default=1024**2, description="Largest JSON request body")
+    max_archive_entries: int = Field(default=200_000, description="Most entries a dataset archive may hold")
+    max_compression_ratio: float = Field(
+        default=200.0, description="Most bytes an archive may unpack to per byte uploaded"
+    )
+    max_image_pixels: int = Field(
+        default=89_478_485, description="Most pixels of one dataset image (Pillow's own default limit)"
+    )
+    # ---- quotas and rate limits, per project / per key (app/services/quotas.py)
+    max_active_jobs: int = Field(default=4, description="Queued + running jobs a project may have at once")
+    max_job_epochs: int = Field(default=300, description="Most epochs one job may ask for")
+    max_job_tera_flops: float = Field(
+        default=5_000_000.0,
+        description="Training budget of one job: epochs × training images × forward TFLOPs per image × 3",
+    )
+    max_batch_pixels: int = Field(
+        default=4096 * 224 * 224, description="Most pixels in one training batch (batch_size × image_size²)"
+    )
+    storage_quota_bytes: int = Field(
+        default=200 * 1024**3, description="Datasets + checkpoints a project may keep on disk"
+    )
+    rate_limit_predict: str = Field(default="1200/minute", description="/predict requests per key (limits syntax)")
+    rate_limit_write: str = Field(default="120/minute", description="State-changing requests per key")
+    rate_limit_storage_url: str | None = Field(
+        default=None, description="Where rate-limit counters live (limits URL); the broker's Redis if unset"
+    )
     torch_threads: int | None = Field(default=None, description="Intra-op threads for training/serving")
     host: str = "127.0.0.1"
     port: int = 8000

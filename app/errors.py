@@ -11,16 +11,25 @@ class VisiontuneError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, message: str, details: Any = None) -> None:
+    def __init__(self, message: str, details: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers = headers
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details is not None:
             body["details"] = self.details
         return {"error": body}
+
+
+class Unauthorized(VisiontuneError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 class NotFound(VisiontuneError):
@@ -60,3 +69,14 @@ class InvalidDataset(InvalidInput):
 class NoModelAvailable(VisiontuneError):
     status_code = 409
     code = "no_model_available"
+
+
+class TooManyRequests(VisiontuneError):
+    """A rate limit or a quota on concurrent work; Retry-After says when to try again (seconds)."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int | None = None, details: Any = None) -> None:
+        headers = {"Retry-After": str(max(1, retry_after))} if retry_after is not None else None
+        super().__init__(message, details, headers)

@@ -1,4 +1,5 @@
-"""The SQL schema: datasets, jobs, epochs, checkpoints, registered models and their versions."""
+"""The SQL schema: projects and their API keys, datasets, jobs, epochs, checkpoints, registered models and their
+versions, and the audit log."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     String,
     Text,
@@ -38,10 +41,58 @@ class JobStatus(enum.StrEnum):
 TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
 
+DEFAULT_PROJECT = "default"
+
+
+class Project(Base):
+    """A tenant: every dataset, job, model, version, pin and key belongs to one."""
+
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its HMAC is stored; the plaintext is shown once, when it is created."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name", ondelete="RESTRICT"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell keys apart in lists
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """One change: who (key), what (action), on which object, when."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    project: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    actor: Mapped[str] = mapped_column(String(120))  # the key's name, or "cli" for server-side commands
+    action: Mapped[str] = mapped_column(String(50))
+    object_type: Mapped[str] = mapped_column(String(30))
+    object_id: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project: Mapped[str] = mapped_column(
+        ForeignKey("projects.name", ondelete="RESTRICT"), index=True, default=DEFAULT_PROJECT
+    )
     name: Mapped[str] = mapped_column(String(200))
     format: Mapped[str] = mapped_column(String(20))  # imagefolder | cifar10
     source: Mapped[str] = mapped_column(String(20))  # upload | local
@@ -50,14 +101,20 @@ class Dataset(Base):
     split_counts: Mapped[dict[str, dict[str, int]]] = mapped_column(JSON)  # split -> class -> images
     num_images: Mapped[int] = mapped_column(Integer)
     invalid_files: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # counts to the quota
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("project", "idempotency_key", name="uq_jobs_project_idempotency_key"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
+    project: Mapped[str] = mapped_column(
+        ForeignKey("projects.name", ondelete="RESTRICT"), index=True, default=DEFAULT_PROJECT
+    )
+    # A finished job outlives its dataset (DELETE /datasets/{id}); a queued or running one keeps it.
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
     model_name: Mapped[str] = mapped_column(String(100), index=True)
     arch: Mapped[str] = mapped_column(String(200))
     weights: Mapped[str] = mapped_column(Text)
@@ -77,7 +134,7 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_epoch: Mapped[int | None] = mapped_column(Integer)  # last epoch with a resumable checkpoint
     last_step: Mapped[int | None] = mapped_column(Integer)  # optimizer steps taken up to that checkpoint
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
@@ -89,7 +146,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    dataset: Mapped[Dataset] = relationship()
+    dataset: Mapped[Dataset | None] = relationship()
     epochs: Mapped[list[Epoch]] = relationship(order_by="Epoch.epoch", cascade="all, delete-orphan")
     checkpoints: Mapped[list[Checkpoint]] = relationship(order_by="Checkpoint.epoch", cascade="all, delete-orphan")
 
@@ -137,19 +194,29 @@ class Checkpoint(Base):
 class RegisteredModel(Base):
     __tablename__ = "registered_models"
 
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name", ondelete="RESTRICT"), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     pinned_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    versions: Mapped[list[ModelVersion]] = relationship(order_by="ModelVersion.version")
+    versions: Mapped[list[ModelVersion]] = relationship(order_by="ModelVersion.version", viewonly=True)
 
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("model_name", "version", name="uq_model_versions_model_name_version"),)
+    __table_args__ = (
+        UniqueConstraint("project", "model_name", "version", name="uq_model_versions_project_model_name_version"),
+        ForeignKeyConstraint(
+            ["project", "model_name"],
+            ["registered_models.project", "registered_models.name"],
+            name="fk_model_versions_project_model_name_registered_models",
+            ondelete="CASCADE",
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    model_name: Mapped[str] = mapped_column(ForeignKey("registered_models.name", ondelete="CASCADE"))
+    project: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(100))
     version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     checkpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"))

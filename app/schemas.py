@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 # Discriminative learning rates with pretrained weights: a stage at depth d trains at lr x 0.9^d. Milder
 # decays trained better than 0.75 on the CIFAR subset (README, Measured figures); 0.9 still keeps the early,
@@ -16,6 +16,8 @@ DEFAULT_LR_DECAY = 0.9
 T = TypeVar("T")
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+MAX_OFFSET = 2**31 - 1  # pagination offsets and version numbers above this answer 422, never a database error
+MAX_VERSION = 2**31 - 1
 
 
 class Page(BaseModel, Generic[T]):
@@ -37,21 +39,23 @@ class DatasetOut(BaseModel):
     num_images: int
     split_counts: dict[str, dict[str, int]] = Field(description="split -> class -> number of images")
     invalid_files: list[dict[str, str]] = Field(description="files left out, each with the reason")
+    size_bytes: int = Field(description="bytes it keeps on disk (counts towards the project's storage quota)")
     created_at: datetime
 
 
 class DatasetRegister(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="Directory on the server, under VISIONTUNE_DATASET_ROOT")
+    path: str = Field(max_length=4096, description="Directory on the server, under VISIONTUNE_DATASET_ROOT")
     name: str | None = Field(default=None, max_length=200)
-    skip_invalid: bool = Field(default=False, description="Leave unreadable images out instead of refusing")
+    skip_invalid: StrictBool = Field(default=False, description="Leave unreadable images out instead of refusing")
 
 
 class JobCreate(BaseModel):
-    """A fine-tuning job. Unknown fields are refused so that a typo never silently falls back to a default."""
+    """A fine-tuning job. Unknown fields are refused so that a typo never silently falls back to a default;
+    numbers and booleans must be JSON numbers and booleans (`"epochs": true` or `"5"` is refused)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     dataset_id: uuid.UUID
     model_name: str = Field(
@@ -59,10 +63,16 @@ class JobCreate(BaseModel):
     )
     arch: str = Field(
         default="efficientnet_lite0",
+        max_length=200,
         description="resnet18|resnet34|resnet50|mobilenet_v3_large|efficientnet_b0|convnext_tiny|vit_b_16|"
         "efficientnet_lite0|timm/<name>",
     )
-    weights: str = Field(default="imagenet", description="'imagenet', 'none', or a weights file on the server")
+    weights: str = Field(
+        default="imagenet",
+        max_length=1024,
+        description="'imagenet', 'none', or (admin keys only) a .safetensors/.pt/.pth file under the server's "
+        "VISIONTUNE_WEIGHTS_ROOT, named relative to it",
+    )
     strategy: Literal["linear", "partial", "full", "lora"] = Field(
         default="linear",
         description="linear: frozen backbone, only the new head trains; features are computed once and cached, "
@@ -70,48 +80,48 @@ class JobCreate(BaseModel):
         "full: everything trains, with discriminative learning rates (`lr_decay`). lora: LoRA adapters (peft) on "
         "the backbone's linear and dense conv layers plus the head; merged into the weights for serving",
     )
-    unfreeze_stages: int = Field(default=1, ge=1, le=64, description="partial: how many last stages train")
-    lr_decay: float | None = Field(
+    unfreeze_stages: StrictInt = Field(default=1, ge=1, le=64, description="partial: how many last stages train")
+    lr_decay: StrictFloat | None = Field(
         default=None,
         gt=0,
         le=1,
         description="partial/full: a stage at depth d below the head trains at learning_rate × lr_decay^d; "
         f"default {DEFAULT_LR_DECAY:g} with pretrained weights, 1 (off) with weights none",
     )
-    lora_rank: int = Field(default=8, ge=1, le=256)
-    lora_alpha: float = Field(default=16.0, gt=0, le=1024)
-    epochs: int = Field(default=5, ge=1, le=1000)
-    batch_size: int = Field(default=64, ge=1, le=4096)
-    learning_rate: float = Field(default=1e-3, gt=0, le=10)
+    lora_rank: StrictInt = Field(default=8, ge=1, le=256)
+    lora_alpha: StrictFloat = Field(default=16.0, gt=0, le=1024)
+    epochs: StrictInt = Field(default=5, ge=1, le=1000)
+    batch_size: StrictInt = Field(default=64, ge=1, le=4096)
+    learning_rate: StrictFloat = Field(default=1e-3, gt=0, le=10)
     optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="sgd uses Nesterov momentum")
-    weight_decay: float = Field(default=1e-4, ge=0, le=1, description="not applied to norms and biases")
-    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: StrictFloat = Field(default=1e-4, ge=0, le=1, description="not applied to norms and biases")
+    momentum: StrictFloat = Field(default=0.9, ge=0, lt=1)
     schedule: Literal["cosine", "onecycle", "constant"] = Field(
         default="cosine", description="per step; cosine/constant after `warmup_epochs` of linear warmup"
     )
-    warmup_epochs: float = Field(default=0.0, ge=0, le=100, description="onecycle: warmup share (default 30%)")
-    label_smoothing: float = Field(default=0.0, ge=0, le=0.5)
-    grad_clip: float | None = Field(default=None, gt=0, description="max gradient norm")
+    warmup_epochs: StrictFloat = Field(default=0.0, ge=0, le=100, description="onecycle: warmup share (default 30%)")
+    label_smoothing: StrictFloat = Field(default=0.0, ge=0, le=0.5)
+    grad_clip: StrictFloat | None = Field(default=None, gt=0, le=1e6, description="max gradient norm")
     class_weighting: Literal["none", "balanced"] = Field(
         default="none", description="balanced: loss weights n/(classes × n_class), for imbalanced data"
     )
-    early_stopping_patience: int | None = Field(
+    early_stopping_patience: StrictInt | None = Field(
         default=None, ge=1, le=1000, description="stop after this many epochs without a val accuracy gain"
     )
-    early_stopping_min_delta: float = Field(default=0.0, ge=0, le=1)
-    image_size: int = Field(default=224, ge=16, le=1024, description="images are resized (small ones upsampled)")
+    early_stopping_min_delta: StrictFloat = Field(default=0.0, ge=0, le=1)
+    image_size: StrictInt = Field(default=224, ge=16, le=1024, description="images are resized (small ones upsampled)")
     augmentation: Literal["none", "basic", "randaugment", "trivialaugment", "classic"] = Field(
         default="basic",
         description="basic: random resized crop + flip; randaugment / trivialaugment on top of basic; classic: "
         "rotation, shift, shear, zoom, flip. Not used by linear",
     )
-    mixup_prob: float = Field(default=0.0, ge=0, le=1, description="share of batches mixed with MixUp")
-    cutmix_prob: float = Field(default=0.0, ge=0, le=1, description="share of batches mixed with CutMix")
-    val_fraction: float = Field(default=0.1, ge=0, le=0.5, description="Held out of train when there is no val")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    num_workers: int | None = Field(default=None, ge=0, le=64, description="DataLoader workers; auto if unset")
-    compile: bool = Field(default=False, description="torch.compile the model (worth it for long GPU jobs)")
-    probe_epochs: int = Field(
+    mixup_prob: StrictFloat = Field(default=0.0, ge=0, le=1, description="share of batches mixed with MixUp")
+    cutmix_prob: StrictFloat = Field(default=0.0, ge=0, le=1, description="share of batches mixed with CutMix")
+    val_fraction: StrictFloat = Field(default=0.1, ge=0, le=0.5, description="Held out of train when there is no val")
+    seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
+    num_workers: StrictInt | None = Field(default=None, ge=0, le=64, description="DataLoader workers; auto if unset")
+    compile: StrictBool = Field(default=False, description="torch.compile the model (worth it for long GPU jobs)")
+    probe_epochs: StrictInt = Field(
         default=0,
         ge=0,
         le=100,
@@ -119,10 +129,10 @@ class JobCreate(BaseModel):
         "features (linear probe, then fine-tune: LP-FT), so fine-tuning starts from a trained head instead of a "
         "random one. Costs one feature pass over the training images (shared with `baseline`)",
     )
-    baseline: bool = Field(
+    baseline: StrictBool = Field(
         default=True, description="also measure the model before fine-tuning (one linear-probe pass)"
     )
-    max_attempts: int | None = Field(
+    max_attempts: StrictInt | None = Field(
         default=None,
         ge=1,
         le=20,
@@ -171,7 +181,7 @@ class JobSummary(BaseModel):
 
     id: uuid.UUID
     status: Literal["queued", "running", "succeeded", "failed", "canceled"]
-    dataset_id: uuid.UUID
+    dataset_id: uuid.UUID | None = Field(description="None once the dataset was deleted (finished jobs only)")
     model_name: str
     arch: str
     weights: str
@@ -251,3 +261,57 @@ class PredictResponse(BaseModel):
     job_id: uuid.UUID
     arch: str
     predictions: list[ImagePrediction]
+
+
+class KeyCreate(BaseModel):
+    """A new API key; admins may make one for any project (made if it does not exist yet)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="what the key is for, e.g. 'ci' or 'alice'")
+    scopes: list[Literal["admin", "train", "predict", "read"]] = Field(
+        min_length=1,
+        max_length=4,
+        description="admin: everything, every project; train: datasets, jobs and models of its project (and read); "
+        "predict: /predict; read: read its project's datasets, jobs and models",
+    )
+    project: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="the key's project; default: the calling key's own",
+    )
+    expires_at: datetime | None = Field(default=None, description="when the key stops working (UTC); never if unset")
+
+
+class KeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    project: str
+    prefix: str = Field(
+        description="the key's first characters, to tell keys apart (the key itself is never shown again)"
+    )
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the API key: shown this once, stored only as a keyed hash")
+
+
+class AuditEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    project: str
+    key_id: uuid.UUID | None
+    actor: str
+    action: str
+    object_type: str
+    object_id: str
+    details: dict[str, Any] | None

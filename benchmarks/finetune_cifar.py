@@ -120,6 +120,7 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
+from app.auth import cli_actor  # noqa: E402
 from app.models import Epoch, Job  # noqa: E402
 from app.schemas import JobCreate  # noqa: E402
 from app.services.datasets import ingest_upload  # noqa: E402
@@ -303,7 +304,7 @@ class ServiceHarness:
         assert self.dataset_id is not None, "ingest() first"
         request = scenario.request.model_copy(update={"dataset_id": self.dataset_id})
         with session_scope(self.factory) as s:
-            job_id = submit_job(s, request, enqueue=lambda _job_id: None).id
+            job_id = submit_job(s, self.settings, cli_actor(), request, enqueue=lambda _job_id: None).id
         load_before = load_average()
         start = time.perf_counter()
         outcome = self.runner.run(job_id)

@@ -214,10 +214,11 @@ class Cluster:
             return dataset.id
 
     def submit(self, body: dict[str, Any]) -> uuid.UUID:
+        from app.auth import cli_actor
         from app.schemas import JobCreate
 
         with session_scope(self.factory) as s:
-            return submit_job(s, JobCreate(**body), self.send).id
+            return submit_job(s, self.settings, cli_actor(), JobCreate(**body), self.send).id
 
     def job(self, job_id: uuid.UUID) -> Job:
         with session_scope(self.factory) as s:

@@ -48,12 +48,18 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: fl
     raise AssertionError(f"{url} did not answer within {deadline_s}s:\n{log.read_text()[-4000:]}")
 
 
-def wait_job(base: str, job_id: str, statuses: set[str], deadline_s: float, logs: list[Path]) -> dict:
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_job(
+    base: str, job_id: str, statuses: set[str], deadline_s: float, logs: list[Path], headers: dict | None = None
+) -> dict:
     """Poll GET /jobs/{id} until its status is in statuses (or fail with the workers' logs)."""
     deadline = time.monotonic() + deadline_s
     job: dict = {}
     while time.monotonic() < deadline:
-        job = httpx.get(f"{base}/jobs/{job_id}", timeout=10).json()
+        job = httpx.get(f"{base}/jobs/{job_id}", timeout=10, headers=headers).json()
         if job["status"] in statuses:
             return job
         time.sleep(0.25)

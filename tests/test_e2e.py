@@ -7,18 +7,22 @@ import uuid
 import httpx
 import pytest
 
+from app.auth import new_key
 from tests.conftest import REDIS_URL
 from tests.factories import cifar_imagefolder_zip
-from tests.processes import free_port, python, start, stop, wait_http, wait_job
+from tests.processes import bearer, free_port, python, start, stop, wait_http, wait_job
 
 pytestmark = pytest.mark.e2e
 
 
-def check_service(base: str, tmp_path, logs) -> None:
-    """Upload real CIFAR images, fine-tune, watch the epochs, classify held-out images."""
+def check_service(base: str, tmp_path, logs, key: str) -> None:
+    """Upload real CIFAR images, fine-tune, watch the epochs, classify held-out images (with an admin key)."""
+    auth = bearer(key)
     data = cifar_imagefolder_zip(tmp_path / "cifar3.zip", train_per_class=50)
     with (tmp_path / "cifar3.zip").open("rb") as f:
-        r = httpx.post(f"{base}/datasets", files={"file": ("cifar3.zip", f, "application/zip")}, timeout=120)
+        r = httpx.post(
+            f"{base}/datasets", files={"file": ("cifar3.zip", f, "application/zip")}, timeout=120, headers=auth
+        )
     assert r.status_code == 201, r.text
     dataset = r.json()
     name = f"e2e-{uuid.uuid4().hex[:6]}"
@@ -36,17 +40,18 @@ def check_service(base: str, tmp_path, logs) -> None:
             "val_fraction": 0.2,
         },
         timeout=30,
+        headers=auth,
     )
     assert job.status_code == 202, job.text
     job_id = job.json()["id"]
-    done = wait_job(base, job_id, {"succeeded", "failed", "canceled"}, 300, logs)
+    done = wait_job(base, job_id, {"succeeded", "failed", "canceled"}, 300, logs, auth)
     assert done["status"] == "succeeded", done["error"]
     assert [e["epoch"] for e in done["epochs"]] == [1, 2, 3]
     assert done["best_checkpoint"] is not None and done["model_version"] == 1
 
     heldout = data["heldout"]
     files = [("files", (f"{i}.png", img, "image/png")) for i, (img, _) in enumerate(heldout)]
-    r = httpx.post(f"{base}/predict", files=files, data={"model": name, "top_k": "3"}, timeout=120)
+    r = httpx.post(f"{base}/predict", files=files, data={"model": name, "top_k": "3"}, timeout=120, headers=auth)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["model_name"] == name and out["version"] == 1 and out["job_id"] == job_id
@@ -57,7 +62,7 @@ def check_service(base: str, tmp_path, logs) -> None:
     correct = sum(p["top"][0]["label"] == label for p, (_, label) in zip(out["predictions"], heldout, strict=True))
     assert correct / len(heldout) > 0.6  # chance is 1/3
 
-    models = httpx.get(f"{base}/models/{name}", timeout=10).json()
+    models = httpx.get(f"{base}/models/{name}", timeout=10, headers=auth).json()
     assert models["serving_version"] == 1
 
 
@@ -68,6 +73,7 @@ def test_api_and_worker_processes_on_postgres_and_redis(pg_database, tmp_path):
         "VISIONTUNE_BROKER_URL": f"{REDIS_URL}/0",
         "VISIONTUNE_QUEUE": f"e2e-{uuid.uuid4().hex[:8]}",
         "VISIONTUNE_DATA_DIR": str(tmp_path / "data"),
+        "VISIONTUNE_ADMIN_KEY": new_key(),
     }
     api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
     api = start(python("-m", "app.cli", "api", "--port", str(port)), env, api_log)
@@ -75,7 +81,7 @@ def test_api_and_worker_processes_on_postgres_and_redis(pg_database, tmp_path):
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/health", api, api_log)
-        check_service(base, tmp_path, [worker_log, api_log])
+        check_service(base, tmp_path, [worker_log, api_log], env["VISIONTUNE_ADMIN_KEY"])
     finally:
         assert stop(worker) is not None
         stop(api)

@@ -8,6 +8,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
+from app.auth import new_key
 from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
@@ -18,11 +19,12 @@ from tests.test_runner import run_enqueued, upload
 @pytest.fixture(scope="module")
 def sqlite_service(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("strategies")
-    settings = Settings(data_dir=tmp / "data", database_url=f"sqlite:///{tmp / 'db.sqlite'}")
+    settings = Settings(data_dir=tmp / "data", database_url=f"sqlite:///{tmp / 'db.sqlite'}", admin_key=new_key())
     upgrade(settings.resolved_database_url())
     enqueued: list[uuid.UUID] = []
     data = cifar_imagefolder_zip(tmp / "ds.zip", train_per_class=16)
-    with TestClient(create_app(settings, enqueue=enqueued.append)) as client:
+    auth = {"Authorization": f"Bearer {settings.admin_key}"}
+    with TestClient(create_app(settings, enqueue=enqueued.append), headers=auth) as client:
         dataset = upload(client, tmp / "ds.zip")
         yield client, settings, enqueued, dataset["id"], data["heldout"][:6]
 

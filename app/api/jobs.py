@@ -1,4 +1,4 @@
-"""POST/GET /jobs, cancel."""
+"""POST/GET/DELETE /jobs, cancel, metrics and plots (the caller's project only)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from app.api.deps import SessionDep
+from app.api.deps import ReadCaller, SessionDep, SettingsDep, TrainCaller
+from app.api.docs import errors
 from app.models import Job
-from app.schemas import CheckpointOut, EpochOut, JobCreate, JobDetail, JobMetrics, JobSummary, Page
+from app.schemas import MAX_OFFSET, CheckpointOut, EpochOut, JobCreate, JobDetail, JobMetrics, JobSummary, Page
 from app.services import jobs as service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -36,57 +37,70 @@ def to_detail(session: SessionDep, job: Job) -> JobDetail:
     status_code=202,
     response_model=JobDetail,
     summary="Start a fine-tuning job",
-    responses={200: {"description": "replayed: this Idempotency-Key already created the job"}},
+    responses={
+        200: {"description": "replayed: this Idempotency-Key already created the job"},
+        **errors(403, 409, 413, 422, 429),
+    },
 )
 def create_job(
     body: JobCreate,
+    caller: TrainCaller,
     session: SessionDep,
+    settings: SettingsDep,
     request: Request,
     response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(
+            max_length=200,
             description="Retry-safe submission: the same key and body return the job the first request created "
-            "(200); the same key with another body is a 409."
+            "(200); the same key with another body is a 409.",
         ),
     ] = None,
 ) -> JobDetail:
-    """Validate and queue a job; a worker picks it up. Poll GET /jobs/{id} for its epochs."""
-    settings = request.app.state.settings
+    """Validate and queue a job in the caller's project; a worker picks it up. Poll GET /jobs/{id}."""
     job, created = service.submit_idempotent(
-        session, body, request.app.state.enqueue, idempotency_key, settings.max_attempts
+        session, settings, caller, body, request.app.state.enqueue, idempotency_key
     )
     if not created:
         response.status_code = 200
     return to_detail(session, job)
 
 
-@router.get("", response_model=Page[JobSummary])
+@router.get("", response_model=Page[JobSummary], responses=errors())
 def list_jobs(
+    caller: ReadCaller,
     session: SessionDep,
     status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Page[JobSummary]:
-    rows, total = service.list_jobs(session, status, limit, offset)
+    rows, total = service.list_jobs(session, caller.project, status, limit, offset)
     return Page(items=[JobSummary.model_validate(j) for j in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobDetail)
-def get_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
-    return to_detail(session, service.get_job(session, job_id))
+@router.get("/{job_id}", response_model=JobDetail, responses=errors(404))
+def get_job(job_id: uuid.UUID, caller: ReadCaller, session: SessionDep) -> JobDetail:
+    return to_detail(session, service.get_job(session, caller.project, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobDetail)
-def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
+@router.delete("/{job_id}", status_code=204, responses=errors(404, 409, 429))
+def delete_job(job_id: uuid.UUID, caller: TrainCaller, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a finished job with its epochs, checkpoint files and model version (a pin on it is lifted)."""
+    service.delete_job(session, settings, caller, job_id)
+    return Response(status_code=204)
+
+
+@router.post("/{job_id}/cancel", response_model=JobDetail, responses=errors(404, 409, 429))
+def cancel_job(job_id: uuid.UUID, caller: TrainCaller, session: SessionDep) -> JobDetail:
     """Cancel a queued job now, or stop a running one within a batch."""
-    return to_detail(session, service.cancel_job(session, job_id))
+    return to_detail(session, service.cancel_job(session, caller, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetrics)
-def job_metrics(job_id: uuid.UUID, session: SessionDep) -> JobMetrics:
+@router.get("/{job_id}/metrics", response_model=JobMetrics, responses=errors(404))
+def job_metrics(job_id: uuid.UUID, caller: ReadCaller, session: SessionDep) -> JobMetrics:
     """The full history: every epoch, the best epoch on val and test, and the model before fine-tuning."""
-    job = service.get_job(session, job_id)
+    job = service.get_job(session, caller.project, job_id)
     return JobMetrics(
         job_id=job.id,
         status=job.status,
@@ -99,16 +113,18 @@ def job_metrics(job_id: uuid.UUID, session: SessionDep) -> JobMetrics:
     )
 
 
-PNG = {"content": {"image/png": {}}}
+PNG = {"content": {"image/png": {}}, "description": "PNG image"}
 
 
-@router.get("/{job_id}/confusion.png", response_class=Response, responses={200: PNG})
-def confusion_png(job_id: uuid.UUID, session: SessionDep, split: Literal["test", "val"] = "test") -> Response:
+@router.get("/{job_id}/confusion.png", response_class=Response, responses={200: PNG, **errors(404, 409)})
+def confusion_png(
+    job_id: uuid.UUID, caller: ReadCaller, session: SessionDep, split: Literal["test", "val"] = "test"
+) -> Response:
     """The best checkpoint's confusion matrix on the test split (or val)."""
-    return Response(service.confusion_png(session, job_id, split), media_type="image/png")
+    return Response(service.confusion_png(session, caller.project, job_id, split), media_type="image/png")
 
 
-@router.get("/{job_id}/curves.png", response_class=Response, responses={200: PNG})
-def curves_png(job_id: uuid.UUID, session: SessionDep) -> Response:
+@router.get("/{job_id}/curves.png", response_class=Response, responses={200: PNG, **errors(404, 409)})
+def curves_png(job_id: uuid.UUID, caller: ReadCaller, session: SessionDep) -> Response:
     """Train and validation loss and accuracy per epoch."""
-    return Response(service.curves_png(session, job_id), media_type="image/png")
+    return Response(service.curves_png(session, caller.project, job_id), media_type="image/png")
