@@ -1,5 +1,8 @@
 # visiontune on a CUDA PyTorch base: the same image runs the API, the migration and the GPU workers.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
+# torch 2.10.0 + torchvision 0.25.0, the first pair past CVE-2026-24747 (torch.load(weights_only=True) memory
+# corruption) and CVE-2025-32434; Docker Hub tag of PyTorch's release images (<torch>-cuda<cu>-cudnn9-runtime).
+# CUDA 12.8 needs an NVIDIA driver >= 570 (or the CUDA forward-compatibility package on older drivers).
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -12,12 +15,18 @@ RUN useradd --create-home --uid 10001 visiontune \
     && chown visiontune:visiontune /data
 
 WORKDIR /srv/visiontune
-# Dependencies first so code edits do not reinstall them; the base image's torch satisfies our range.
-COPY pyproject.toml README.md alembic.ini ./
+# Dependencies in a layer of their own, from pyproject.toml alone, so a code edit does not reinstall them; the
+# base image's torch and torchvision satisfy our ranges and stay.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install . && python -c "import app.main, worker.runner"
+RUN pip install --no-deps . && python -c "import app.main, worker.runner"
 
 USER visiontune
 EXPOSE 8000

@@ -76,6 +76,24 @@ def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
 
 
+def announce_admin_key(settings: Settings) -> None:
+    """First start: make an admin key, print it once and keep it in data_dir/admin_key (readable by you only)."""
+    from app.keys_cli import ADMIN_KEY_FILE, first_admin_key
+
+    if settings.admin_key:
+        return  # the API makes VISIONTUNE_ADMIN_KEY an admin key when it starts
+    key = first_admin_key(settings)
+    path = settings.data_dir / ADMIN_KEY_FILE
+    if key is not None:
+        print(
+            f"visiontune: first start: admin API key (shown once; also in {path}, mode 600):\n  {key}\n"
+            f'  curl -H "Authorization: Bearer $(cat {path})" http://{settings.host}:{settings.port}/models',
+            flush=True,
+        )
+    elif path.exists():
+        print(f"visiontune: the admin API key is in {path}", flush=True)
+
+
 def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
     """Start Redis (unless a broker is configured), migrate, start one worker and the API; Ctrl-C stops all."""
     from app.migrate import upgrade
@@ -93,8 +111,11 @@ def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
         env["VISIONTUNE_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
         log.info("embedded Redis on 127.0.0.1:%s", port)
     os.environ.update(env)
+    os.environ["VISIONTUNE_HOST"] = settings.host
     try:
         upgrade(env["VISIONTUNE_DATABASE_URL"])
+        if settings.auth == "on":
+            announce_admin_key(settings)
     except BaseException:
         terminate_all(children)
         raise
@@ -114,8 +135,9 @@ def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
     )
     print(f"visiontune: API on http://{settings.host}:{settings.port}  data in {settings.data_dir}", flush=True)
     try:
-        # One CPU worker (or one per GPU), the reaper and the API; if one dies the whole service stops.
-        return supervise([*worker_commands(_gpus()), reaper_command(), api], restart=False)
+        # One CPU worker (or one per GPU), the reaper and the API, each restarted if it dies (with a backoff);
+        # Ctrl-C or SIGTERM stops them all, then Redis.
+        return supervise([*worker_commands(_gpus()), reaper_command(), api])
     finally:
         terminate_all(children)
 

@@ -14,7 +14,7 @@ time from the kill to the job training again on another attempt, and from the le
 (the recovery the goal is about); the chaos run's wall time over the baseline's. Goal: 100% succeeded,
 0 duplicated, 0 lost, recovery (lease expiry to training again) under 2x the lease timeout.
 
-Run from the repository root (needs the local PostgreSQL; starts its own Redis)::
+Run from the repository root (uses the local PostgreSQL, else a throwaway one; starts its own Redis)::
 
     .venv/bin/python benchmarks/chaos.py                   # 12 jobs, 2 workers, a kill every 6 s
     .venv/bin/python benchmarks/chaos.py --jobs 4 --epochs 2 --no-baseline   # smoke run
@@ -51,10 +51,10 @@ from app.db import session_scope  # noqa: E402
 from app.models import TERMINAL_STATUSES, Epoch, Job  # noqa: E402
 from tests.chaos import Cluster, create_pg_database  # noqa: E402
 from tests.factories import cifar_imagefolder_zip  # noqa: E402
+from tests.servers import postgres_url  # noqa: E402
 from worker.reaper import retry_delay  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "chaos.json"
-PG_ADMIN_URL = os.environ.get("VISIONTUNE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 log = logging.getLogger("visiontune.bench.chaos")
 
@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rng = random.Random(args.seed)
 
-    url, drop = create_pg_database(PG_ADMIN_URL)
+    # The local PostgreSQL (VISIONTUNE_TEST_PG_URL), else a throwaway one stopped when the benchmark exits.
+    url, drop = create_pg_database(postgres_url())
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="visiontune-chaos-") as tmp:
         root = Path(tmp)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,13 +9,25 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.auth import new_key
 from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
+from tests import servers
 from tests.factories import color_images_zip
 
-PG_ADMIN_URL = os.environ.get("VISIONTUNE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("VISIONTUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# The configured servers (VISIONTUNE_TEST_PG_URL / VISIONTUNE_TEST_REDIS_URL, default the local ones) when they
+# answer, else throwaway ones started here for the session; exported to os.environ for subprocesses too.
+PG_ADMIN_URL = servers.postgres_url()
+REDIS_URL = servers.redis_url()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return servers.header_lines()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    servers.stop_all()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -68,6 +79,9 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         queue=f"test-{uuid.uuid4().hex[:8]}",
         dataset_root=tmp_path / "server-datasets",
         lease_seconds=30,
+        admin_key=new_key(),
+        rate_limit_write="100000/minute",
+        rate_limit_predict="100000/minute",
     )
 
 
@@ -82,8 +96,10 @@ def enqueued() -> Enqueued:
 
 @pytest.fixture
 def client(settings: Settings, enqueued: Enqueued) -> Iterator[TestClient]:
+    """A TestClient that sends the settings' admin key (project default) on every request."""
     app = create_app(settings, enqueue=enqueued.append)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    headers = {"Authorization": f"Bearer {settings.admin_key}"}
+    with TestClient(app, raise_server_exceptions=False, headers=headers) as c:
         yield c
 
 

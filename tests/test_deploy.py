@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
 import pytest
 import yaml
 
+from app.auth import new_key
 from tests.factories import REPO
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed")
 def test_compose_file_is_valid():
-    result = subprocess.run(["docker-compose", "config", "-q"], cwd=REPO, capture_output=True, text=True)
+    env = {"PATH": os.environ["PATH"], "VISIONTUNE_ADMIN_KEY": new_key()}
+    result = subprocess.run(["docker-compose", "config", "-q"], cwd=REPO, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+    # Without a first admin key the stack does not start.
+    refused = subprocess.run(
+        ["docker-compose", "config", "-q"], cwd=REPO, capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
+    )
+    assert refused.returncode != 0 and "VISIONTUNE_ADMIN_KEY" in refused.stderr
 
 
 def test_compose_services_wire_up_production():
@@ -31,6 +39,7 @@ def test_compose_services_wire_up_production():
         assert env["VISIONTUNE_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["VISIONTUNE_BROKER_URL"].startswith("redis://redis:")
         assert "data:/data" in services[name]["volumes"]
+    assert services["api"]["environment"]["VISIONTUNE_ADMIN_KEY"].startswith("${VISIONTUNE_ADMIN_KEY:?")
     assert {"pgdata", "redisdata", "data"} <= set(compose["volumes"])
 
 
