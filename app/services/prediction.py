@@ -9,8 +9,9 @@ from pathlib import Path
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.ml.data import DatasetFormatError, decode_image
+from app.ml.data import DatasetFormatError, ImageTooLarge, UnreadableImage, decode_image, image_dimensions
 from app.ml.predictor import LoadedModel, ModelCache
 from app.models import Checkpoint, ModelVersion
 from app.services.registry import resolve_version
@@ -22,31 +23,81 @@ class ImageUpload:
     data: bytes
 
 
-def decode_uploads(uploads: list[ImageUpload], max_images: int, max_bytes: int) -> list[Image.Image]:
-    """PIL images for every upload; 422 when there are none, 413/415 naming the offending file."""
+def _setting(field: str) -> int:
+    return int(Settings.model_fields[field].default)
+
+
+# Decoded images are shrunk to this shorter side at once (the largest image_size a model is trained at), so a
+# request holds at most one full-size decode at a time.
+PREDICT_MAX_SIDE = 1024
+
+
+def _shown(filename: str | None) -> str:
+    name = filename or "(unnamed)"
+    return name if len(name) <= 100 else name[:100] + "..."
+
+
+def decode_uploads(
+    uploads: list[ImageUpload],
+    max_images: int,
+    max_bytes: int,
+    *,
+    max_pixels: int = _setting("max_predict_pixels"),
+    max_request_pixels: int = _setting("max_predict_request_pixels"),
+    max_side: int = PREDICT_MAX_SIDE,
+) -> list[Image.Image]:
+    """PIL images for every upload; 422 when there are none, 413/415 naming the offending file.
+
+    Every header is checked (max_pixels per image, max_request_pixels together) before any image is decoded;
+    then they are decoded one at a time, each shrunk at once to a shorter side of at most max_side.
+    """
     if not uploads:
         raise InvalidInput("send at least one image as the multipart field `files`")
     if len(uploads) > max_images:
         raise PayloadTooLarge(f"at most {max_images} images per request; got {len(uploads)}")
-    images = []
+    total = 0
     for up in uploads:
-        name = up.filename or "(unnamed)"
+        name = _shown(up.filename)
         if not up.data:
             raise InvalidInput(f"{name} is empty")
         if len(up.data) > max_bytes:
             raise PayloadTooLarge(f"{name} is larger than {max_bytes} bytes")
         try:
-            images.append(decode_image(io.BytesIO(up.data)))
-        except DatasetFormatError as exc:
-            raise UnsupportedMediaType(f"{name} is not a readable image: {exc}") from exc
-    return images
+            width, height = image_dimensions(io.BytesIO(up.data), max_pixels)
+        except ImageTooLarge as exc:
+            raise _too_large(name, exc) from None
+        except UnreadableImage as exc:
+            raise UnsupportedMediaType(f"{name} is not a readable image ({exc.reason})") from None
+        total += width * height
+        if total > max_request_pixels:
+            raise PayloadTooLarge(
+                f"the images of this request have more than {max_request_pixels:,} pixels together, the limit"
+            )
+    return [_decode_one(up, max_pixels, max_side) for up in uploads]
+
+
+def _too_large(name: str, exc: ImageTooLarge) -> PayloadTooLarge:
+    if exc.size is None:
+        return PayloadTooLarge(f"{name} has more than {exc.limit:,} pixels, the limit per image")
+    w, h = exc.size
+    return PayloadTooLarge(f"{name} is {w}x{h} = {w * h:,} pixels; at most {exc.limit:,} pixels per image are accepted")
+
+
+def _decode_one(upload: ImageUpload, max_pixels: int, max_side: int) -> Image.Image:
+    try:
+        return decode_image(io.BytesIO(upload.data), max_pixels, max_side)
+    except ImageTooLarge as exc:
+        raise _too_large(_shown(upload.filename), exc) from None
+    except DatasetFormatError as exc:
+        reason = getattr(exc, "reason", "damaged data")
+        raise UnsupportedMediaType(f"{_shown(upload.filename)} is not a readable image ({reason})") from None
 
 
 def select_model(
-    session: Session, cache: ModelCache, name: str | None, version: int | None, device: str
+    session: Session, cache: ModelCache, project: str, name: str | None, version: int | None, device: str
 ) -> tuple[ModelVersion, LoadedModel]:
-    """The version to serve and its loaded weights (loaded once per checkpoint, then reused)."""
-    chosen = resolve_version(session, name, version)
+    """The project's version to serve and its loaded weights (loaded once per checkpoint, then reused)."""
+    chosen = resolve_version(session, project, name, version)
     checkpoint = session.get(Checkpoint, chosen.checkpoint_id)
     assert checkpoint is not None  # FK
     path, digest = checkpoint.path, checkpoint.sha256
