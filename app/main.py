@@ -6,15 +6,21 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import datasets, health, jobs, models, predict
+from app.api import audit, datasets, health, jobs, keys, models, predict
+from app.api.middleware import install_middleware
+from app.api.ratelimit import RateLimiter
+from app.api.swagger_ui import install_docs
+from app.auth import check_auth_mode, looks_like_key, server_secret
 from app.config import Settings, get_settings
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine, make_sessionmaker, session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
 
@@ -36,6 +42,19 @@ def celery_enqueue(settings: Settings) -> Callable[[uuid.UUID], None]:
     return enqueue
 
 
+def bootstrap_admin_key(factory: sessionmaker[Session], secret: bytes, plaintext: str) -> None:
+    """VISIONTUNE_ADMIN_KEY becomes an admin key of the default project unless it already is one."""
+    if not looks_like_key(plaintext):
+        raise SystemExit(
+            "VISIONTUNE_ADMIN_KEY must be 'vt_' + 43 URL-safe characters: make one with `visiontune keys new`"
+        )
+    from app.services.keys import ensure_admin_key
+
+    with session_scope(factory) as session:
+        if ensure_admin_key(session, secret, plaintext):
+            log.info("made the admin key from VISIONTUNE_ADMIN_KEY")
+
+
 def _error(status: int, code: str, message: str, details: object = None) -> JSONResponse:
     body: dict[str, object] = {"code": code, "message": message}
     if details is not None:
@@ -43,28 +62,52 @@ def _error(status: int, code: str, message: str, details: object = None) -> JSON
     return JSONResponse({"error": body}, status_code=status)
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
+MAX_VALIDATION_ERRORS = 20  # a 422 lists at most this many, each clipped: its size never follows the input's
+MAX_VALIDATION_TEXT = 200
+
+
+def _clip(text: str, limit: int = MAX_VALIDATION_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Where and what for the first errors; the offending input values themselves are never echoed."""
+    return [
+        {
+            "loc": [x if isinstance(x, int) else _clip(str(x), 100) for x in e.get("loc", ())],
+            "msg": _clip(str(e.get("msg", ""))),
+        }
+        for e in exc.errors()[:MAX_VALIDATION_ERRORS]
+    ]
+
+
+def _describe_validation(exc: RequestValidationError, details: list[dict[str, Any]]) -> str:
     parts = []
-    for err in exc.errors():
-        where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
-        parts.append(f"{where or 'request'}: {err.get('msg')}")
-    return "; ".join(parts) or "invalid request"
+    for err in details:
+        where = ".".join(str(x) for x in err["loc"] if x not in ("body", "query", "path"))
+        parts.append(f"{where or 'request'}: {err['msg']}")
+    more = len(exc.errors()) - len(details)
+    return _clip("; ".join(parts), 1000) + (f"; and {more} more" if more > 0 else "") or "invalid request"
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VisiontuneError)
     async def expected(_req: Request, exc: VisiontuneError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
-        return _error(422, "validation_error", _describe_validation(exc), details)
+        details = _validation_details(exc)
+        return _error(422, "validation_error", _describe_validation(exc, details), details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI could not parse (bad JSON, not UTF-8): invalid input
+            return _error(422, "invalid_body", "the request body is not valid JSON (or not the declared type)")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(_req: Request, exc: Exception) -> JSONResponse:
@@ -75,6 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, enqueue: Callable[[uuid.UUID], None] | None = None) -> FastAPI:
     """The API. `enqueue` defaults to sending a Celery task to settings.broker_url."""
     settings = settings or get_settings()
+    check_auth_mode(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +129,10 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[uuid.UUID], 
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.model_cache = ModelCache()
         app.state.enqueue = enqueue or celery_enqueue(settings)
+        app.state.secret = server_secret(settings)
+        app.state.rate_limiter = RateLimiter(settings)
+        if settings.admin_key:
+            bootstrap_admin_key(app.state.sessionmaker, app.state.secret, settings.admin_key)
         if settings.torch_threads:
             import torch
 
@@ -99,8 +147,12 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[uuid.UUID], 
         version="0.1.0",
         summary="Fine-tune image classifiers on Celery GPU workers and serve the best checkpoint.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by install_docs (no CDN, no inline script)
+        redoc_url=None,  # ReDoc needs inline styles and a blob: worker, which the CSP refuses
     )
     install_error_handlers(app)
-    for module in (health, datasets, jobs, models, predict):
+    for module in (health, datasets, jobs, models, predict, keys, audit):
         app.include_router(module.router)
+    install_docs(app)
+    install_middleware(app, settings)
     return app

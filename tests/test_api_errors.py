@@ -77,8 +77,8 @@ def test_damaged_zip_is_422(client):
 
 
 def test_upload_over_the_limit_is_413(tmp_path, database_url):
-    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, max_upload_bytes=1000)
-    with TestClient(create_app(settings, enqueue=lambda _id: None)) as client:
+    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, max_upload_bytes=1000, auth="off")
+    with TestClient(create_app(settings, enqueue=lambda _id: None), headers={"Authorization": "Bearer -"}) as client:
         data = color_images_zip(tmp_path / "big.zip", {"a": 20, "b": 20}).read_bytes()
         assert "larger than the limit" in error(upload_bytes(client, data), 413)
 
@@ -89,7 +89,7 @@ def test_job_errors(client, dataset):
     assert "does not exist" in error(client.post("/jobs", json=missing), 422)
     assert "unknown architecture 'resnet9000'" in error(client.post("/jobs", json={**base, "arch": "resnet9000"}), 422)
     assert "unknown architecture" in error(client.post("/jobs", json={**base, "arch": "timm/not_a_model"}), 422)
-    assert "weights file" in error(client.post("/jobs", json={**base, "weights": "/nope/w.pt"}), 422)
+    assert "weights root" in error(client.post("/jobs", json={**base, "weights": "/nope/w.pt"}), 422)
     msg = error(client.post("/jobs", json={**base, "strategy": "partial", "unfreeze_stages": 9}), 422)
     assert "resnet18 has 5 stages" in msg
     assert "epochs" in error(client.post("/jobs", json={**base, "epochs": 0}), 422)
@@ -125,10 +125,10 @@ def test_predict_errors(client, tmp_path):
 
 
 def test_predict_before_any_model_is_409(tmp_path):
-    settings = Settings(data_dir=tmp_path / "d", database_url=f"sqlite:///{tmp_path / 'fresh.db'}")
+    settings = Settings(data_dir=tmp_path / "d", database_url=f"sqlite:///{tmp_path / 'fresh.db'}", auth="off")
     from app.migrate import upgrade
 
     upgrade(settings.resolved_database_url())
-    with TestClient(create_app(settings, enqueue=lambda _id: None)) as client:
+    with TestClient(create_app(settings, enqueue=lambda _id: None), headers={"Authorization": "Bearer -"}) as client:
         good = [("files", ("ok.png", io.BytesIO(png_bytes(np.zeros((8, 8, 3), np.uint8))), "image/png"))]
         assert "no model has been trained yet" in error(client.post("/predict", files=good), 409)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Query, Request, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.deps import SessionDep, SettingsDep
-from app.errors import InvalidInput
+from app.api.deps import AdminCaller, ReadCaller, SessionDep, SettingsDep, TrainCaller
+from app.api.docs import errors
+from app.api.uploads import DATASET_UPLOAD_OPENAPI, read_dataset_form
+from app.db import session_scope
 from app.models import Dataset
-from app.schemas import DatasetOut, DatasetRegister, Page
+from app.schemas import MAX_OFFSET, DatasetOut, DatasetRegister, Page
+from app.services import audit, quotas
 from app.services import datasets as service
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -27,41 +31,77 @@ def to_out(d: Dataset) -> DatasetOut:
         num_images=d.num_images,
         split_counts=d.split_counts,
         invalid_files=d.invalid_files,
+        size_bytes=d.size_bytes,
         created_at=d.created_at,
     )
 
 
-@router.post("", status_code=201, response_model=DatasetOut, summary="Upload a dataset archive")
-def upload_dataset(
-    session: SessionDep,
-    settings: SettingsDep,
-    file: Annotated[UploadFile | None, File(description="zip (ImageFolder or CIFAR python) or tar.gz")] = None,
-    name: Annotated[str | None, Form(max_length=200)] = None,
-    skip_invalid: Annotated[bool, Form(description="Leave unreadable images out instead of refusing")] = False,
-) -> DatasetOut:
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    summary="Upload a dataset archive",
+    responses=errors(413, 415, 422, 429),
+    openapi_extra=DATASET_UPLOAD_OPENAPI,
+)
+def upload_dataset(request: Request, caller: TrainCaller, session: SessionDep, settings: SettingsDep) -> DatasetOut:
     """Upload a zip in ImageFolder layout (`<class>/<image>`, optionally under train/ val/ test/) or a
     CIFAR-10 python folder (`cifar-10-batches-py`, zipped or as .tar.gz)."""
-    if file is None:
-        raise InvalidInput("send the dataset archive as the multipart field `file`")
-    return to_out(service.ingest_upload(session, settings, file.file, file.filename, name, skip_invalid))
+    # The body is read only here, after the dependencies (the key check) passed, and streamed to disk.
+    # 413 before reading a byte when the quota is spent; in a short session of its own, so that no connection
+    # stays open while the body streams.
+    with session_scope(request.app.state.sessionmaker) as quota_session:
+        quotas.storage_left(quota_session, settings, caller.project)
+    form = read_dataset_form(request, settings)
+    dataset = service.ingest_saved_upload(
+        session, settings, form.path, form.filename, form.name, form.skip_invalid, caller.project
+    )
+    audit.record(session, caller, "dataset.upload", "dataset", dataset.id, {"name": dataset.name})
+    return to_out(dataset)
 
 
-@router.post("/register", status_code=201, response_model=DatasetOut, summary="Register a server directory")
-def register_dataset(body: DatasetRegister, session: SessionDep, settings: SettingsDep) -> DatasetOut:
-    """Index a dataset already on the server's disk (under VISIONTUNE_DATASET_ROOT); nothing is copied."""
-    return to_out(service.register_directory(session, settings, body.path, body.name, body.skip_invalid))
+@router.post(
+    "/register",
+    status_code=201,
+    response_model=DatasetOut,
+    summary="Register a server directory",
+    responses=errors(403, 422, 429),
+)
+def register_dataset(
+    body: DatasetRegister, caller: AdminCaller, session: SessionDep, settings: SettingsDep
+) -> DatasetOut:
+    """Index a dataset already on the server's disk (under VISIONTUNE_DATASET_ROOT) into the admin's project;
+    nothing is copied. Admin keys only."""
+    dataset = service.register_directory(session, settings, body.path, body.name, body.skip_invalid, caller.project)
+    audit.record(session, caller, "dataset.register", "dataset", dataset.id, {"name": dataset.name})
+    return to_out(dataset)
 
 
-@router.get("", response_model=Page[DatasetOut])
+@router.api_route("/register", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def register_other_methods() -> None:
+    """/datasets/register is POST only (without this, GET would be read as GET /datasets/{dataset_id})."""
+    raise StarletteHTTPException(405, headers={"Allow": "POST"})
+
+
+@router.get("", response_model=Page[DatasetOut], responses=errors())
 def list_datasets(
+    caller: ReadCaller,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Page[DatasetOut]:
-    rows, total = service.list_datasets(session, limit, offset)
+    rows, total = service.list_datasets(session, caller.project, limit, offset)
     return Page(items=[to_out(d) for d in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetOut:
-    return to_out(service.get_dataset(session, dataset_id))
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=errors(404))
+def get_dataset(dataset_id: uuid.UUID, caller: ReadCaller, session: SessionDep) -> DatasetOut:
+    return to_out(service.get_dataset(session, caller.project, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=errors(404, 409, 429))
+def delete_dataset(dataset_id: uuid.UUID, caller: TrainCaller, session: SessionDep) -> Response:
+    """Delete a dataset and its files; 409 while a queued or running job uses it (finished jobs keep their
+    results and checkpoints)."""
+    service.delete_dataset(session, caller, dataset_id)
+    return Response(status_code=204)
