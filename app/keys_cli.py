@@ -82,7 +82,7 @@ def _run(session, settings: Settings, args: argparse.Namespace) -> int:  # type:
             scopes = ",".join(r["scopes"])
             print(f"{r['id']:36}  {r['prefix']:10}  {r['project'][:12]:12}  {r['name'][:20]:20}  {scopes:22}  {state}")
         return 0
-    row = service.revoke_key(session, actor, args.key)
+    row = service.revoke_key(session, actor, args.key, allow_last_admin=True)
     print(f"revoked key {row.id} ({row.name})")
     return 0
 

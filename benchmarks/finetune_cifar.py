@@ -117,10 +117,10 @@ from pydantic import ValidationError  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from app.auth import cli_actor  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
-from app.auth import cli_actor  # noqa: E402
 from app.models import Epoch, Job  # noqa: E402
 from app.schemas import JobCreate  # noqa: E402
 from app.services.datasets import ingest_upload  # noqa: E402

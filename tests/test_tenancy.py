@@ -4,6 +4,7 @@ project A's /predict serves, even under the same model name."""
 from __future__ import annotations
 
 import io
+import uuid
 
 import numpy as np
 import pytest
@@ -46,18 +47,24 @@ def train(client, runner, enqueued, headers, dataset_id: str, **fields) -> dict:
     return client.get(f"/jobs/{r.json()['id']}", headers=headers).json()
 
 
-def test_projects_are_isolated(client, runner, enqueued, tmp_path):
-    admin = {"Authorization": client.headers["Authorization"]}
-    anon = TestClient(client.app, raise_server_exceptions=False)
-    a_zip = color_images_zip(tmp_path / "a.zip", {"red": 12, "green": 12, "blue": 12}, size=16)
-    a_data = client.post("/datasets", files={"file": ("a.zip", a_zip.read_bytes())}).json()
-    a_job = train(client, runner, enqueued, admin, a_data["id"], model_name="shared")
-    before = predict(client, admin, "shared")
-    assert before["job_id"] == a_job["id"] and before["version"] == 1
-
-    r = client.post("/keys", json={"name": "intruder", "scopes": ["train", "predict"], "project": "team-b"})
+def project_key(client, name: str) -> dict[str, str]:
+    """A train + predict key of a project of its own (fresh per test: PostgreSQL's database is shared)."""
+    r = client.post(
+        "/keys", json={"name": name, "scopes": ["train", "predict"], "project": f"{name}-{uuid.uuid4().hex[:8]}"}
+    )
     assert r.status_code == 201, r.text
-    b = bearer(r.json()["key"])
+    return bearer(r.json()["key"])
+
+
+def test_projects_are_isolated(client, runner, enqueued, tmp_path):
+    anon = TestClient(client.app, raise_server_exceptions=False)
+    admin = project_key(client, "team-a")
+    b = project_key(client, "intruder")
+    a_zip = color_images_zip(tmp_path / "a.zip", {"red": 12, "green": 12, "blue": 12}, size=16)
+    a_data = anon.post("/datasets", files={"file": ("a.zip", a_zip.read_bytes())}, headers=admin).json()
+    a_job = train(anon, runner, enqueued, admin, a_data["id"], model_name="shared")
+    before = predict(anon, admin, "shared")
+    assert before["job_id"] == a_job["id"] and before["version"] == 1
 
     # Nothing of A is visible to B: lists are empty, ids and names answer 404 (as if they did not exist).
     assert anon.get("/datasets", headers=b).json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
@@ -94,15 +101,15 @@ def test_projects_are_isolated(client, runner, enqueued, tmp_path):
     b_answer = predict(anon, b, "shared")
     assert b_answer["job_id"] == b_job["id"] and b_answer["version"] == 1
     assert {s["label"] for s in b_answer["predictions"][0]["top"]} <= {"HACKED_red", "HACKED_blue"}
-    after = predict(client, admin, "shared")
+    after = predict(anon, admin, "shared")
     assert after["job_id"] == a_job["id"] and after["version"] == 1
     assert not {s["label"] for s in after["predictions"][0]["top"]} & {"HACKED_red", "HACKED_blue"}
-    assert [m["name"] for m in client.get("/models").json()] == ["shared"]
-    assert [v["job_id"] for v in client.get("/models/shared").json()["versions"]] == [a_job["id"]]
+    assert [m["name"] for m in anon.get("/models", headers=admin).json()] == ["shared"]
+    assert [v["job_id"] for v in anon.get("/models/shared", headers=admin).json()["versions"]] == [a_job["id"]]
     # Lists stay per project, and so do idempotency keys.
-    assert [d["id"] for d in client.get("/datasets").json()["items"]] == [a_data["id"]]
+    assert [d["id"] for d in anon.get("/datasets", headers=admin).json()["items"]] == [a_data["id"]]
     assert [d["id"] for d in anon.get("/datasets", headers=b).json()["items"]] == [b_data["id"]]
     key = {"Idempotency-Key": "same-key"}
-    ra = client.post("/jobs", json=tiny_job(a_data["id"]), headers={**admin, **key})
+    ra = anon.post("/jobs", json=tiny_job(a_data["id"]), headers={**admin, **key})
     rb = anon.post("/jobs", json=tiny_job(b_data["id"]), headers={**b, **key})
     assert ra.status_code == 202 and rb.status_code == 202 and ra.json()["id"] != rb.json()["id"]

@@ -39,7 +39,7 @@ def list_keys(
     return Page(items=[KeyOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.delete("/{key_id}", response_model=KeyOut, responses=errors(404, 429))
+@router.delete("/{key_id}", response_model=KeyOut, responses=errors(404, 409, 429))
 def revoke_key(key_id: uuid.UUID, caller: AdminCaller, session: SessionDep) -> KeyOut:
-    """Revoke a key: it answers 401 from the next request on."""
+    """Revoke a key: it answers 401 from the next request on (409 for the last live admin key)."""
     return KeyOut.model_validate(service.revoke_key(session, caller, str(key_id)))

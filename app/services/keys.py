@@ -98,9 +98,12 @@ def find_key(session: Session, ref: str) -> ApiKey:
     return row
 
 
-def revoke_key(session: Session, actor: Actor, ref: str) -> ApiKey:
-    """Revoke a key at once (idempotent); it answers 401 from then on."""
+def revoke_key(session: Session, actor: Actor, ref: str, allow_last_admin: bool = False) -> ApiKey:
+    """Revoke a key at once (idempotent); it answers 401 from then on. Over the API the last live admin key
+    cannot be revoked (nobody could make keys any more); the server's CLI may."""
     row = find_key(session, ref)
+    if row.revoked_at is None and ADMIN in row.scopes and not allow_last_admin and not _other_admin(session, row):
+        raise Conflict("this is the last live admin key: make another admin key before revoking it")
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
         audit.record(session, actor, "key.revoke", "key", row.id, {"name": row.name}, row.project)
@@ -139,8 +142,14 @@ def ensure_admin_key(session: Session, secret: bytes, plaintext: str, name: str 
 
 def any_admin_key(session: Session) -> bool:
     """Whether some live admin key exists (the embedded launcher makes one on first start otherwise)."""
+    return _other_admin(session, None)
+
+
+def _other_admin(session: Session, besides: ApiKey | None) -> bool:
     now = datetime.now(UTC)
     for row in session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))):
-        if ADMIN in row.scopes and (row.expires_at is None or row.expires_at > now):
+        if row is besides or ADMIN not in row.scopes:
+            continue
+        if row.expires_at is None or row.expires_at > now:
             return True
     return False
