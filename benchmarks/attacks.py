@@ -167,8 +167,18 @@ def attacks(tmp: Path) -> list[tuple[str, Callable[[httpx.Client], httpx.Respons
         return c.post("/datasets", content=body(), headers={"Content-Type": "multipart/form-data; boundary=b"})
 
     job = str(uuid.uuid4())
+    dataset: dict[str, str] = {}
+
+    def baseline(c: httpx.Client) -> httpx.Response:
+        r = upload(small)(c)
+        dataset["id"] = r.json()["id"]
+        return r
+
+    def submit(**fields: object) -> Callable[[httpx.Client], httpx.Response]:
+        return lambda c: c.post("/jobs", json={"dataset_id": dataset["id"], **fields})
+
     return [
-        ("baseline: a valid 20-image upload", upload(small)),
+        ("baseline: a valid 20-image upload", baseline),
         ("no key: cancel a job", lambda c: c.post(f"/jobs/{job}/cancel", headers={"Authorization": ""})),
         (
             "no key: promote a version",
@@ -193,12 +203,11 @@ def attacks(tmp: Path) -> list[tuple[str, Callable[[httpx.Client], httpx.Respons
             "64 MiB JSON body to POST /jobs",
             lambda c: c.post("/jobs", content=big_json(64 * MiB), headers={"Content-Type": "application/json"}),
         ),
-        ("weights: /etc/shadow", lambda c: c.post("/jobs", json={"dataset_id": job, "weights": "/etc/shadow"})),
+        ("weights: /etc/shadow", submit(weights="/etc/shadow")),
+        ("weights: a missing file", submit(weights="/etc/no-such-file.pt")),
         ("offset=2^63 on GET /jobs", lambda c: c.get("/jobs", params={"offset": 2**63})),
-        (
-            "epochs 1000, image_size 1024, batch 4096",
-            lambda c: c.post("/jobs", json={"dataset_id": job, "epochs": 1000, "image_size": 1024, "batch_size": 4096}),
-        ),
+        ("epochs 1000, image_size 1024, batch 4096", submit(epochs=1000, image_size=1024, batch_size=4096)),
+        ('"epochs": true', submit(epochs=True)),
     ]
 
 

@@ -276,10 +276,11 @@ def test_chained_tar_extension_headers_do_not_recurse(tmp_path):
 
 def test_a_real_gnu_long_name_still_works(tmp_path):
     long_name = "a/" + "n" * 200 + ".png"
-    body = tar_member(b"././@LongLink", long_name.encode() + b"\0", b"L") + tar_member(b"ignored", b"img")
+    content = b"img" * 10  # not decoded here, but long enough to be an image
+    body = tar_member(b"././@LongLink", long_name.encode() + b"\0", b"L") + tar_member(b"ignored", content)
     path = write(tmp_path, body + b"\0" * 1024)
     assert extract_archive(path, tmp_path / "dest", 10**9) == []
-    assert (tmp_path / "dest" / long_name).read_bytes() == b"img"
+    assert (tmp_path / "dest" / long_name).read_bytes() == content
 
 
 # ---------------------------------------------------------------- names, links and conflicts
@@ -374,7 +375,8 @@ def test_only_images_and_cifar_files_are_written_and_the_rest_reported(tmp_path)
         {
             "a/1.png": small_png(),
             "a/notes.txt": b"hello",
-            "b/2.JPG": b"jpeg",
+            "b/2.JPG": b"jpeg" * 8,
+            "b/3.png": b"tiny",
             "cifar-10-batches-py/data_batch_1": b"p",
             "cifar-10-batches-py/readme.html": b"<html>",
             "run.sh": b"#!/bin/sh",
@@ -386,6 +388,7 @@ def test_only_images_and_cifar_files_are_written_and_the_rest_reported(tmp_path)
     skipped = extract_archive(write(tmp_path, data), dest, 10**9)
     assert skipped == [
         {"file": "a/notes.txt", "reason": "not an image file (by extension)"},
+        {"file": "b/3.png", "reason": "too small to be an image"},
         {"file": "run.sh", "reason": "not an image file (by extension)"},
     ]
     written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())

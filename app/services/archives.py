@@ -175,13 +175,19 @@ def _checked_parts(name: str) -> tuple[str, ...]:
     return pure.parts
 
 
-def _keep(parts: tuple[str, ...]) -> str | None:
+# No image format fits in fewer bytes (the smallest valid GIF is 26): such entries are never written to disk.
+MIN_IMAGE_BYTES = 20
+
+
+def _keep(parts: tuple[str, ...], size: int | None = None) -> str | None:
     """None when a file is kept (an image or a CIFAR batch), else why it is left out ('' for silently)."""
     if any(is_hidden(p) for p in parts):
         return ""
     base = parts[-1]
-    if PurePosixPath(base).suffix.lower() in IMAGE_EXTENSIONS or base in CIFAR_FILES or base.startswith("data_batch_"):
+    if base in CIFAR_FILES or base.startswith("data_batch_"):
         return None
+    if PurePosixPath(base).suffix.lower() in IMAGE_EXTENSIONS:
+        return "too small to be an image" if size is not None and size < MIN_IMAGE_BYTES else None
     return "" if base.lower() in QUIET_SKIPS else NOT_AN_IMAGE
 
 
@@ -310,7 +316,7 @@ def _extract_zip(path: Path, writer: _Writer, budget: _Budget) -> None:
             if not parts:
                 raise InvalidDataset(f"archive member {shown(name)} has an unsafe path")
             layout.add_file(parts, name)
-            reason = _keep(parts)
+            reason = _keep(parts, info.file_size)
             if reason is not None:
                 writer.skip(parts, reason)
                 continue
@@ -400,7 +406,7 @@ def _extract_tar(path: Path, compressed: bool, writer: _Writer, budget: _Budget)
                     raise InvalidDataset(f"archive member {shown(name)} has an unsafe path")
                 layout.add_file(parts, name)
                 budget.check(budget.unpacked + member.size)  # refuse a declared size before reading it
-                reason = _keep(parts)
+                reason = _keep(parts, member.size)
                 if reason is not None:
                     writer.skip(parts, reason)
                     budget.add(member.size)  # skipping still decompresses it
