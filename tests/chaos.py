@@ -80,6 +80,7 @@ class Cluster:
             retry_backoff_seconds=0.5,
             requeue_grace_seconds=3.0,
             torch_threads=1,
+            max_active_jobs=1000,  # a dozen jobs are queued at once on purpose
         )
         self.engine = make_engine(database_url)
         self.factory = make_sessionmaker(self.engine)

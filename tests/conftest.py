@@ -81,6 +81,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         lease_seconds=30,
         admin_key=new_key(),
         rate_limit_write="100000/minute",
+        max_active_jobs=100_000,  # PostgreSQL's database (and its default project) is shared by the session
         rate_limit_predict="100000/minute",
     )
 

@@ -244,3 +244,20 @@ def test_auth_off_only_on_loopback(tmp_path):
         create_app(Settings(data_dir=tmp_path, auth="off", host="0.0.0.0"))
     create_app(Settings(data_dir=tmp_path, auth="off", host="127.0.0.1"))
     create_app(Settings(data_dir=tmp_path, auth="off", host="::1"))
+
+
+def test_the_last_admin_key_cannot_be_revoked_over_the_api(tmp_path):
+    from app.config import Settings
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    settings = Settings(data_dir=tmp_path / "d", database_url=f"sqlite:///{tmp_path / 'k.db'}", admin_key=new_key())
+    upgrade(settings.resolved_database_url())
+    with TestClient(create_app(settings, enqueue=lambda _id: None), headers=bearer(settings.admin_key)) as c:
+        mine = c.get("/keys").json()["items"][0]
+        r = c.delete(f"/keys/{mine['id']}")
+        assert r.status_code == 409 and "last live admin key" in r.json()["error"]["message"]
+        other = make_key(c, ["admin"], name="second admin")
+        assert c.delete(f"/keys/{mine['id']}").json()["revoked_at"] is not None
+        assert c.get("/keys").status_code == 401  # the revoked key no longer works
+        assert c.get("/keys", headers=bearer(other["key"])).status_code == 200

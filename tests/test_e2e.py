@@ -74,6 +74,7 @@ def test_api_and_worker_processes_on_postgres_and_redis(pg_database, tmp_path):
         "VISIONTUNE_QUEUE": f"e2e-{uuid.uuid4().hex[:8]}",
         "VISIONTUNE_DATA_DIR": str(tmp_path / "data"),
         "VISIONTUNE_ADMIN_KEY": new_key(),
+        "VISIONTUNE_MAX_ACTIVE_JOBS": "100000",  # the session's PostgreSQL database is shared
     }
     api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
     api = start(python("-m", "app.cli", "api", "--port", str(port)), env, api_log)

@@ -25,6 +25,17 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def ctrl_c(proc, log) -> None:
+    """Ctrl-C on the launcher only (not its group): it must stop every child itself and exit 0."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    assert code == 0, log.read_text()[-3000:]
+
+
 def test_embedded_default_end_to_end(tmp_path):
     port, redis_port = free_port(), free_port()
     log = tmp_path / "run.log"
@@ -47,14 +58,7 @@ def test_embedded_default_end_to_end(tmp_path):
         assert key in log.read_text()  # printed once, on the console
         check_service(base, tmp_path, [log], key)
     finally:
-        # Ctrl-C on the launcher only (not its group): it must stop every child itself.
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=60)
-        finally:
-            stop(proc)
-    assert code == 0, log.read_text()[-3000:]
+        ctrl_c(proc, log)
     assert not port_open(port) and not port_open(redis_port)
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], f"children still alive: {alive}"
@@ -144,11 +148,5 @@ def test_embedded_restarts_a_killed_worker_the_api_stays_up_and_the_job_resumes(
         assert api.get("/health").status_code == 200
     finally:
         api.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=60)
-        finally:
-            stop(proc)
-    assert code == 0, log.read_text()[-3000:]
+        ctrl_c(proc, log)
     assert not port_open(port) and not port_open(redis_port)

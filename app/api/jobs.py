@@ -52,7 +52,6 @@ def create_job(
     idempotency_key: Annotated[
         str | None,
         Header(
-            max_length=200,
             description="Retry-safe submission: the same key and body return the job the first request created "
             "(200); the same key with another body is a 409.",
         ),

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.auth import Actor
 from app.config import Settings
 from app.db import after_commit
-from app.errors import Conflict, Forbidden, InvalidDataset, InvalidInput, NotFound
+from app.errors import Conflict, Forbidden, InvalidDataset, InvalidInput, NotFound, PayloadTooLarge
 from app.ml.data import (
     DEFAULT_MAX_IMAGE_PIXELS,
     LEFT_OUT_REASONS,
@@ -176,15 +176,24 @@ def ingest_saved_upload(
     dataset_id = uuid.uuid4()
     staging = settings.datasets_dir / f".{dataset_id}.staging"
     final = settings.datasets_dir / str(dataset_id)
-    budget = min(settings.max_extracted_bytes, quotas.storage_left(session, settings, project))
+    left = quotas.storage_left(session, settings, project)
+    budget = min(settings.max_extracted_bytes, left)
     try:
-        extract_archive(
-            upload,
-            staging,
-            budget,
-            max_entries=settings.max_archive_entries,
-            max_ratio=settings.max_compression_ratio,
-        )
+        try:
+            extract_archive(
+                upload,
+                staging,
+                budget,
+                max_entries=settings.max_archive_entries,
+                max_ratio=settings.max_compression_ratio,
+            )
+        except PayloadTooLarge as exc:
+            if budget == left and exc.message.endswith("bytes, the limit"):  # the quota, not the ratio
+                raise PayloadTooLarge(
+                    f"{exc.message}: the {left:,} bytes left of the project's storage quota "
+                    "(VISIONTUNE_STORAGE_QUOTA_BYTES); delete datasets or jobs first"
+                ) from None
+            raise
         manifest, fields = _index(staging, "", skip_invalid, max_pixels=settings.max_image_pixels)
         write_manifest(staging, manifest)
         os.replace(staging, final)
