@@ -212,7 +212,7 @@ def test_json_bodies_are_capped(make_client):
     client, settings = make_client(max_json_bytes=64 * 1024)
     big = {"dataset_id": str(uuid.uuid4()), "model_name": "x" * (128 * 1024)}
     err = error(client.post("/jobs", json=big), 413)
-    assert err["code"] == "payload_too_large" and "65536" in err["message"]
+    assert err["code"] == "payload_too_large" and "65,536" in err["message"]
     # Chunked, so no Content-Length: the running count stops it.
     r = asgi_request(client, "POST", "/jobs", {"content-type": "application/json"}, zeros(4 * MiB))
     assert r.status == 413 and r.pulled <= settings.max_json_bytes + CHUNK

@@ -124,7 +124,9 @@ class BodySizeLimit:
         self.exempt = exempt
 
     def _too_large(self) -> JSONResponse:
-        return _error(413, "payload_too_large", f"the request body is larger than the limit of {self.max_bytes} bytes")
+        return _error(
+            413, "payload_too_large", f"the request body is larger than the limit of {self.max_bytes:,} bytes"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (scope["method"], _route_path(scope)) in self.exempt:

@@ -178,7 +178,7 @@ class _DiskFile:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise PayloadTooLarge(f"the upload is larger than the limit of {self.limit} bytes")
+            raise PayloadTooLarge(f"the upload is larger than the limit of {self.limit:,} bytes")
         self.out.write(data)
 
     def close(self) -> None:
@@ -381,7 +381,7 @@ def read_dataset_form(request: Request, settings: Settings) -> DatasetForm:
         archive.append(_DiskFile(dest, filename, settings.max_upload_bytes))
         return archive[0]
 
-    too_large = f"the upload is larger than the limit of {settings.max_upload_bytes} bytes"
+    too_large = f"the upload is larger than the limit of {settings.max_upload_bytes:,} bytes"
     try:
         _read_form(request, settings.max_upload_bytes + FORM_OVERHEAD_BYTES, too_large, open_part)
         if not archive or not archive[0].complete:
@@ -408,7 +408,7 @@ def read_predict_form(request: Request, settings: Settings) -> PredictForm:
         return images[-1]
 
     limit = settings.max_predict_request_bytes
-    _read_form(request, limit, f"the request is larger than the limit of {limit} bytes", open_part)
+    _read_form(request, limit, f"the request is larger than the limit of {limit:,} bytes", open_part)
     fields = text.validated()
     return PredictForm(
         images=[ImageUpload(f.filename, bytes(f.buf)) for f in images],

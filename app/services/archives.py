@@ -470,7 +470,7 @@ def save_stream(src: BinaryIO, dest: Path, max_bytes: int) -> int:
         while chunk := src.read(CHUNK):
             size += len(chunk)
             if size > max_bytes:
-                raise PayloadTooLarge(f"the upload is larger than the limit of {max_bytes} bytes")
+                raise PayloadTooLarge(f"the upload is larger than the limit of {max_bytes:,} bytes")
             out.write(chunk)
     return size
 
