@@ -26,8 +26,14 @@ class RateLimiter:
     """Moving-window limits: `rate_limit_predict` for /predict, `rate_limit_write` for other writes, per key."""
 
     def __init__(self, settings: Settings) -> None:
-        url = settings.rate_limit_storage_url or settings.broker_url
-        self.storage = storage_from_string(url, socket_timeout=2, socket_connect_timeout=2)
+        url = settings.rate_limit_storage_url
+        if url is None and settings.broker_url.startswith(("redis://", "rediss://", "redis+unix://")):
+            url = settings.broker_url
+        if url is None:  # e.g. a RabbitMQ broker and no Redis named for the counters
+            log.warning("rate limits are counted per API process: set VISIONTUNE_RATE_LIMIT_STORAGE_URL to Redis")
+            url = "memory://"
+        options = {"socket_timeout": 2, "socket_connect_timeout": 2} if url.startswith("redis") else {}
+        self.storage = storage_from_string(url, **options)
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.predict: RateLimitItem = parse(settings.rate_limit_predict)
         self.write: RateLimitItem = parse(settings.rate_limit_write)
