@@ -196,7 +196,7 @@ def test_predict_limits(make_client):
     r = asgi_request(
         client, "POST", "/predict", {"content-type": MULTIPART}, multipart([("files", "big.png", zeros(200_000))])
     )
-    assert r.status == 413 and "big.png is larger than 100000 bytes" in r.json()["error"]["message"]
+    assert r.status == 413 and "big.png is larger than 100,000 bytes" in r.json()["error"]["message"]
     # Declared too large: refused before reading.
     headers = {"content-type": MULTIPART, "content-length": str(settings.max_predict_request_bytes + 1)}
     r = asgi_request(client, "POST", "/predict", headers, zeros(MiB))

@@ -156,7 +156,7 @@ class _MemoryFile:
 
     def write(self, data: bytes) -> None:
         if len(self.buf) + len(data) > self.limit:
-            raise PayloadTooLarge(f"{self.filename or '(unnamed)'} is larger than {self.limit} bytes")
+            raise PayloadTooLarge(f"{(self.filename or '(unnamed)')[:100]} is larger than {self.limit:,} bytes")
         self.buf += data
 
     def close(self) -> None:
