@@ -33,7 +33,8 @@ GRANTS: dict[str, frozenset[str]] = {
 }
 SCOPE_DOCS = {
     ADMIN: "everything: keys of every project, the audit log, server directories and server-side weights files",
-    TRAIN: "upload and delete datasets, submit, cancel and delete jobs, promote and pin versions (own project)",
+    TRAIN: "upload and delete datasets, submit, cancel and delete jobs, pin versions, set and roll back aliases "
+    "(own project)",
     PREDICT: "POST /predict (own project's models)",
     READ: "read datasets, jobs, metrics, plots and models (own project)",
 }

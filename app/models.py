@@ -1,5 +1,5 @@
-"""The SQL schema: projects and their API keys, datasets, jobs, epochs, checkpoints, registered models and their
-versions, and the audit log."""
+"""The SQL schema: projects and their API keys, datasets, jobs, epochs, checkpoints, registered models, their
+versions and aliases, the history of what serves, and the audit log."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     String,
     Text,
@@ -226,3 +227,48 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     checkpoint: Mapped[Checkpoint] = relationship()
+
+
+class ModelAlias(Base):
+    """A named pointer (`production`, `staging`, ...) at one version of a model; `/predict` takes `name@alias`."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["project", "model_name"],
+            ["registered_models.project", "registered_models.name"],
+            name="fk_model_aliases_project_model_name_registered_models",
+            ondelete="CASCADE",
+        ),
+        # An alias never points at a missing version (the registry removes it, with a history entry, first).
+        ForeignKeyConstraint(
+            ["project", "model_name", "version"],
+            ["model_versions.project", "model_versions.model_name", "model_versions.version"],
+            name="fk_model_aliases_project_model_name_version_model_versions",
+            ondelete="CASCADE",
+        ),
+    )
+
+    project: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ServingChange(Base):
+    """One change of what a model serves: its pin or one alias moved (from -> to; None: unset), by whom, when."""
+
+    __tablename__ = "serving_changes"
+    __table_args__ = (Index("ix_serving_changes_project_model_name", "project", "model_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(100))
+    target: Mapped[str] = mapped_column(String(50))  # "pin" or "alias:<name>"
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int | None] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(20))  # pin | unpin | alias | alias-delete | rollback
+    key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    actor: Mapped[str] = mapped_column(String(120))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -40,6 +40,10 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/models/{name}"): "read",
     ("POST", "/models/{name}/versions/{version}/promote"): "train",
     ("DELETE", "/models/{name}/pin"): "train",
+    ("PUT", "/models/{name}/aliases/{alias}"): "train",
+    ("DELETE", "/models/{name}/aliases/{alias}"): "train",
+    ("GET", "/models/{name}/history"): "read",
+    ("POST", "/models/{name}/rollback"): "train",
     ("POST", "/predict"): "predict",
     ("POST", "/keys"): "admin",
     ("GET", "/keys"): "admin",
@@ -61,6 +65,7 @@ def concrete(path: str) -> str:
         .replace("{key_id}", str(uuid.uuid4()))
         .replace("{name}", "nosuchmodel")
         .replace("{version}", "1")
+        .replace("{alias}", "production")
     )
 
 
@@ -71,6 +76,8 @@ def call(client, method: str, path: str, headers: dict[str, str] | None):
         return client.get(url, headers=headers)
     if method == "DELETE":
         return client.delete(url, headers=headers)
+    if method == "PUT":
+        return client.put(url, headers=headers, json={"version": 1})
     if path in ("/datasets", "/predict"):
         field = "file" if path == "/datasets" else "files"
         return client.post(url, headers=headers, files={field: ("x.zip", b"PK\x05\x06" + b"\x00" * 18)})

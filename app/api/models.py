@@ -1,21 +1,32 @@
-"""GET /models, promote / unpin versions (the caller's project only)."""
+"""GET /models, promote / unpin versions, aliases, the history of changes and rollback (the caller's project only)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from app.api.deps import ReadCaller, SessionDep, TrainCaller
 from app.api.docs import errors
 from app.models import RegisteredModel
-from app.schemas import MAX_VERSION, ModelOut, ModelVersionOut
+from app.schemas import (
+    ALIAS_PATTERN,
+    MAX_OFFSET,
+    MAX_VERSION,
+    AliasSet,
+    ModelOut,
+    ModelVersionOut,
+    Page,
+    RollbackRequest,
+    ServingChangeOut,
+)
 from app.services import registry
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 ModelName = Annotated[str, Path(max_length=100, description="a model name of the caller's project")]
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
+Alias = Annotated[str, Path(pattern=ALIAS_PATTERN, description="e.g. production or staging")]
 
 
 def to_out(session: SessionDep, model: RegisteredModel) -> ModelOut:
@@ -29,6 +40,7 @@ def to_out(session: SessionDep, model: RegisteredModel) -> ModelOut:
         name=model.name,
         pinned_version=model.pinned_version,
         serving_version=serving.version if serving else None,
+        aliases=registry.aliases(session, model),
         versions=versions,
     )
 
@@ -53,3 +65,37 @@ def promote_version(name: ModelName, version: Version, caller: TrainCaller, sess
 def unpin_model(name: ModelName, caller: TrainCaller, session: SessionDep) -> ModelOut:
     """Serve the best version again."""
     return to_out(session, registry.unpin(session, caller, name))
+
+
+@router.put("/{name}/aliases/{alias}", response_model=ModelOut, responses=errors(404, 429))
+def set_alias(name: ModelName, alias: Alias, body: AliasSet, caller: TrainCaller, session: SessionDep) -> ModelOut:
+    """Point an alias at a version (made, or moved): `/predict` serves it with `model=name@alias`."""
+    return to_out(session, registry.set_alias(session, caller, name, alias, body.version))
+
+
+@router.delete("/{name}/aliases/{alias}", response_model=ModelOut, responses=errors(404, 429))
+def delete_alias(name: ModelName, alias: Alias, caller: TrainCaller, session: SessionDep) -> ModelOut:
+    """Remove an alias."""
+    return to_out(session, registry.delete_alias(session, caller, name, alias))
+
+
+@router.get("/{name}/history", response_model=Page[ServingChangeOut], responses=errors(404))
+def model_history(
+    name: ModelName,
+    caller: ReadCaller,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Page[ServingChangeOut]:
+    """Every change of the pin and the aliases (who, when, from, to), newest first."""
+    rows, total = registry.history(session, caller.project, name, limit, offset)
+    return Page(items=[ServingChangeOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.post("/{name}/rollback", response_model=ModelOut, responses=errors(404, 409, 429))
+def rollback(
+    name: ModelName, caller: TrainCaller, session: SessionDep, body: RollbackRequest | None = None
+) -> ModelOut:
+    """Move an alias (or, without one, the pin) back to where its latest change moved it from; twice: back again."""
+    alias = body.alias if body is not None else None
+    return to_out(session, registry.rollback(session, caller, name, alias))

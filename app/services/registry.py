@@ -1,15 +1,22 @@
-"""Model registry: per project, versions of a named classifier, which one serves, and pins."""
+"""Model registry: per project, versions of a named classifier, which one serves, pins and aliases, and the
+history of their changes (what a rollback reads)."""
 
 from __future__ import annotations
+
+import re
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth import Actor
-from app.errors import InvalidInput, NoModelAvailable, NotFound
-from app.models import Checkpoint, Job, ModelVersion, RegisteredModel
+from app.errors import Conflict, InvalidInput, NoModelAvailable, NotFound
+from app.models import Checkpoint, Job, ModelAlias, ModelVersion, RegisteredModel, ServingChange
+from app.schemas import ALIAS_PATTERN
 from app.services import audit
+
+PIN = "pin"  # the target of pin changes; an alias's is "alias:<name>"
+_ALIAS = re.compile(ALIAS_PATTERN.removeprefix("^").removesuffix("$"))  # fullmatch: `$` would allow a newline
 
 
 def register_version(session: Session, job: Job, checkpoint: Checkpoint, test_accuracy: float | None) -> ModelVersion:
@@ -83,8 +90,21 @@ def serving_version(session: Session, model: RegisteredModel) -> ModelVersion | 
     return best_version(session, model.project, model.name)
 
 
+def split_alias(name: str) -> tuple[str, str | None]:
+    """`pets@production` -> ("pets", "production"); a name without `@` has no alias."""
+    base, sep, alias = name.partition("@")
+    if not sep:
+        return name, None
+    if not _ALIAS.fullmatch(alias):
+        raise InvalidInput(f"the alias after '@' must match {ALIAS_PATTERN}")
+    return base, alias
+
+
 def resolve_version(session: Session, project: str, name: str | None, version: int | None) -> ModelVersion:
-    """The version /predict should use for (name, version) in project; a clear 4xx when there is none."""
+    """The version /predict should use for (name, version) in project; a clear 4xx when there is none.
+
+    name may be `name@alias` (that alias's version); otherwise the pinned version, else the best.
+    """
     if name is None:
         models = list_models(session, project)
         if not models:
@@ -96,7 +116,15 @@ def resolve_version(session: Session, project: str, name: str | None, version: i
             name = "default"
         else:
             name = models[0].name
+    name, alias = split_alias(name)
     model = get_model(session, project, name)
+    if alias is not None:
+        if version is not None:
+            raise InvalidInput("give either an alias (`model=name@alias`) or a `version`, not both")
+        row = session.get(ModelAlias, (project, name, alias))
+        if row is None:
+            raise NotFound(f"model {name!r} has no alias {alias!r}")
+        version = row.version
     if version is not None:
         chosen = find_version(session, project, name, version)
         if chosen is None:
@@ -108,33 +136,190 @@ def resolve_version(session: Session, project: str, name: str | None, version: i
     return chosen
 
 
-def promote(session: Session, actor: Actor, name: str, version: int) -> RegisteredModel:
-    """Pin version as the one /predict serves for name, whatever later jobs score."""
-    model = get_model(session, actor.project, name)
-    if find_version(session, actor.project, name, version) is None:
+def aliases(session: Session, model: RegisteredModel) -> dict[str, int]:
+    """alias -> version, by alias name."""
+    rows = session.scalars(
+        select(ModelAlias)
+        .where(ModelAlias.project == model.project, ModelAlias.model_name == model.name)
+        .order_by(ModelAlias.alias)
+    ).all()
+    return {row.alias: row.version for row in rows}
+
+
+def history(session: Session, project: str, name: str, limit: int, offset: int) -> tuple[list[ServingChange], int]:
+    """The model's pin and alias changes, newest first."""
+    get_model(session, project, name)
+    where = (ServingChange.project == project, ServingChange.model_name == name)
+    total = session.scalar(select(func.count()).select_from(ServingChange).where(*where)) or 0
+    rows = session.scalars(
+        select(ServingChange).where(*where).order_by(ServingChange.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(rows), total
+
+
+def _locked_model(session: Session, project: str, name: str) -> RegisteredModel:
+    """The model row, locked until the unit of work ends (PostgreSQL), so its changes and their history
+    (each change's `from`) are serialized."""
+    model = session.get(RegisteredModel, (project, name), with_for_update=True, populate_existing=True)
+    if model is None:
+        raise NotFound(f"model {name[:100]!r} does not exist")
+    return model
+
+
+def _existing_version(session: Session, project: str, name: str, version: int) -> None:
+    if find_version(session, project, name, version) is None:
         raise NotFound(f"model {name!r} has no version {version}")
+
+
+def _record_change(
+    session: Session,
+    actor: Actor,
+    model: RegisteredModel,
+    target: str,
+    action: str,
+    before: int | None,
+    after: int | None,
+) -> None:
+    session.add(
+        ServingChange(
+            project=model.project,
+            model_name=model.name,
+            target=target,
+            from_version=before,
+            to_version=after,
+            action=action,
+            key_id=actor.key_id,
+            actor=actor.name[:120],
+        )
+    )
+
+
+def _set_pin(session: Session, actor: Actor, model: RegisteredModel, version: int | None, action: str) -> None:
     previous = model.pinned_version
     model.pinned_version = version
+    if previous != version:
+        _record_change(session, actor, model, PIN, action, previous, version)
     session.flush()
+
+
+def _set_alias(
+    session: Session, actor: Actor, model: RegisteredModel, alias: str, version: int | None, action: str
+) -> int | None:
+    """Point alias at version (None: remove it); records the change; returns the previous version."""
+    row = session.get(ModelAlias, (model.project, model.name, alias))
+    previous = row.version if row is not None else None
+    if version is None and row is not None:
+        session.delete(row)
+    elif version is not None and row is None:
+        session.add(ModelAlias(project=model.project, model_name=model.name, alias=alias, version=version))
+    elif version is not None and row is not None:
+        row.version = version
+    if previous != version:
+        _record_change(session, actor, model, f"alias:{alias}", action, previous, version)
+    session.flush()
+    return previous
+
+
+def promote(session: Session, actor: Actor, name: str, version: int) -> RegisteredModel:
+    """Pin version as the one /predict serves for name, whatever later jobs score."""
+    model = _locked_model(session, actor.project, name)
+    _existing_version(session, actor.project, name, version)
+    previous = model.pinned_version
+    _set_pin(session, actor, model, version, "pin")
     audit.record(session, actor, "model.pin", "model", name, {"from": previous, "to": version})
     return model
 
 
 def unpin(session: Session, actor: Actor, name: str) -> RegisteredModel:
     """Go back to serving the best version."""
-    model = get_model(session, actor.project, name)
+    model = _locked_model(session, actor.project, name)
     previous = model.pinned_version
-    model.pinned_version = None
-    session.flush()
+    _set_pin(session, actor, model, None, "unpin")
     audit.record(session, actor, "model.unpin", "model", name, {"from": previous})
     return model
 
 
+def set_alias(session: Session, actor: Actor, name: str, alias: str, version: int) -> RegisteredModel:
+    """Create alias, or move it, to version."""
+    model = _locked_model(session, actor.project, name)
+    _existing_version(session, actor.project, name, version)
+    previous = _set_alias(session, actor, model, alias, version, "alias")
+    audit.record(session, actor, "model.alias", "model", name, {"alias": alias, "from": previous, "to": version})
+    return model
+
+
+def delete_alias(session: Session, actor: Actor, name: str, alias: str) -> RegisteredModel:
+    """Remove alias (404 if the model has none of that name)."""
+    model = _locked_model(session, actor.project, name)
+    if session.get(ModelAlias, (model.project, name, alias)) is None:
+        raise NotFound(f"model {name!r} has no alias {alias!r}")
+    previous = _set_alias(session, actor, model, alias, None, "alias-delete")
+    audit.record(session, actor, "model.alias_delete", "model", name, {"alias": alias, "from": previous})
+    return model
+
+
+def rollback(session: Session, actor: Actor, name: str, alias: str | None) -> RegisteredModel:
+    """Move alias (or the pin) back to the `from` of its latest change; a rollback is a change too, so a second
+    one undoes the first. 409 when there is no change to go back from, or its version was deleted since."""
+    model = _locked_model(session, actor.project, name)
+    target = PIN if alias is None else f"alias:{alias}"
+    what = "the pin" if alias is None else f"alias {alias!r}"
+    latest = session.scalar(
+        select(ServingChange)
+        .where(
+            ServingChange.project == model.project,
+            ServingChange.model_name == name,
+            ServingChange.target == target,
+        )
+        .order_by(ServingChange.id.desc())
+        .limit(1)
+    )
+    if latest is None:
+        raise Conflict(f"nothing to roll back: {what} of model {name!r} has never changed")
+    back_to = latest.from_version
+    if back_to is not None and find_version(session, model.project, name, back_to) is None:
+        raise Conflict(f"cannot roll back {what} of model {name!r}: its previous version {back_to} was deleted")
+    if alias is None:
+        previous = model.pinned_version
+    else:
+        row = session.get(ModelAlias, (model.project, name, alias))
+        previous = row.version if row is not None else None
+    if previous == back_to:
+        raise Conflict(f"nothing to roll back: {what} of model {name!r} is already at its previous value")
+    if alias is None:
+        _set_pin(session, actor, model, back_to, "rollback")
+    else:
+        _set_alias(session, actor, model, alias, back_to, "rollback")
+    audit.record(session, actor, "model.rollback", "model", name, {"target": target, "from": previous, "to": back_to})
+    return model
+
+
 def forget_version(session: Session, actor: Actor, version: ModelVersion) -> None:
-    """Drop a version whose job is being deleted; a pin on it is lifted (the best version serves again)."""
+    """Drop a version whose job is being deleted; a pin on it is lifted (the best version serves again) and the
+    aliases pointing at it are removed, each change in the history."""
     model = session.get(RegisteredModel, (version.project, version.model_name))
-    if model is not None and model.pinned_version == version.version:
-        model.pinned_version = None
-        audit.record(session, actor, "model.unpin", "model", model.name, {"from": version.version, "reason": "deleted"})
+    if model is not None:
+        if model.pinned_version == version.version:
+            _set_pin(session, actor, model, None, "unpin")
+            audit.record(
+                session, actor, "model.unpin", "model", model.name, {"from": version.version, "reason": "deleted"}
+            )
+        pointing = session.scalars(
+            select(ModelAlias.alias).where(
+                ModelAlias.project == model.project,
+                ModelAlias.model_name == model.name,
+                ModelAlias.version == version.version,
+            )
+        ).all()
+        for alias in pointing:
+            _set_alias(session, actor, model, alias, None, "alias-delete")
+            audit.record(
+                session,
+                actor,
+                "model.alias_delete",
+                "model",
+                model.name,
+                {"alias": alias, "from": version.version, "reason": "deleted"},
+            )
     session.delete(version)
     session.flush()
