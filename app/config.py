@@ -41,6 +41,21 @@ class Settings(BaseSettings):
         default=30.0, description="A queued job whose task the broker no longer holds is re-sent after this long"
     )
     predict_device: str = Field(default="cpu", description="Device the API process serves /predict on")
+    predict_max_batch: int = Field(
+        default=32, ge=1, description="Most images one /predict forward takes (concurrent requests are coalesced)"
+    )
+    predict_max_wait_ms: float = Field(
+        default=2.0, ge=0, description="Longest a waiting batch is held for more requests (never a lone request)"
+    )
+    predict_queue_limit: int = Field(
+        default=256, ge=1, description="Most images waiting for inference per API process; past it /predict is 503"
+    )
+    predict_latency_budget_ms: float = Field(
+        default=2000.0, gt=0, description="A /predict request that would wait longer than this is refused (503)"
+    )
+    predict_threads: int | None = Field(
+        default=None, ge=1, description="Intra-op threads of the inference thread (torch_threads, else the cores)"
+    )
     max_predict_pixels: int = Field(
         default=40_000_000, description="Most pixels one /predict image may have (checked from its header)"
     )

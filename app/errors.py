@@ -80,3 +80,14 @@ class TooManyRequests(VisiontuneError):
     def __init__(self, message: str, retry_after: int | None = None, details: Any = None) -> None:
         headers = {"Retry-After": str(max(1, retry_after))} if retry_after is not None else None
         super().__init__(message, details, headers)
+
+
+class ServiceUnavailable(VisiontuneError):
+    """The server cannot answer in time now (e.g. the prediction queue is full); Retry-After says when to retry."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str, retry_after: int | None = None, details: Any = None) -> None:
+        headers = {"Retry-After": str(max(1, retry_after))} if retry_after is not None else None
+        super().__init__(message, details, headers)

@@ -23,6 +23,7 @@ from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
+from app.serving.batcher import Batcher
 
 log = logging.getLogger("visiontune.api")
 
@@ -137,9 +138,11 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[uuid.UUID], 
             import torch
 
             torch.set_num_threads(settings.torch_threads)
+        app.state.batcher = Batcher.from_settings(settings)  # this process's inference thread
         try:
             yield
         finally:
+            app.state.batcher.close()
             engine.dispose()
 
     app = FastAPI(

@@ -18,6 +18,7 @@ T = TypeVar("T")
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 MAX_OFFSET = 2**31 - 1  # pagination offsets and version numbers above this answer 422, never a database error
 MAX_VERSION = 2**31 - 1
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"  # e.g. production, staging; /predict takes `model=name@alias`
 
 
 class Page(BaseModel, Generic[T]):
@@ -240,7 +241,42 @@ class ModelOut(BaseModel):
     name: str
     pinned_version: int | None
     serving_version: int | None
+    aliases: dict[str, int] = Field(
+        default_factory=dict, description="alias -> version; `/predict` serves one with `model=name@alias`"
+    )
     versions: list[ModelVersionOut]
+
+
+class AliasSet(BaseModel):
+    """Point an alias at a version (created if it does not exist, else moved)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: StrictInt = Field(ge=1, le=MAX_VERSION)
+
+
+class RollbackRequest(BaseModel):
+    """What to roll back: an alias, or the pin when left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str | None = Field(default=None, pattern=ALIAS_PATTERN, description="the pin if left out")
+
+
+class ServingChangeOut(BaseModel):
+    """One change of a model's pin or of one of its aliases; a version of None means unset."""
+
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
+    id: int
+    at: datetime
+    model_name: str
+    target: str = Field(description="`pin` or `alias:<name>`")
+    action: Literal["pin", "unpin", "alias", "alias-delete", "rollback"]
+    from_version: int | None
+    to_version: int | None
+    key_id: uuid.UUID | None = Field(description="the API key that made the change (None: the server's CLI)")
+    actor: str = Field(description="that key's name")
 
 
 class LabelScore(BaseModel):
@@ -260,6 +296,7 @@ class PredictResponse(BaseModel):
     version: int
     job_id: uuid.UUID
     arch: str
+    backend: str = Field(description="The serving backend that answered, e.g. `torch`")
     predictions: list[ImagePrediction]
 
 

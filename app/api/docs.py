@@ -27,6 +27,7 @@ DESCRIPTIONS = {
     415: "the upload is not a supported file type",
     422: "the request is invalid; the message names the offending input",
     429: "a rate limit or quota was hit; Retry-After says when to try again",
+    503: "the server cannot answer in time now (the prediction queue is full); Retry-After says when to retry",
 }
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import PredictCaller, SessionDep, SettingsDep
+from app.api.deps import PredictCaller, SettingsDep
 from app.api.docs import errors
-from app.api.uploads import PREDICT_OPENAPI, read_predict_form
+from app.api.uploads import PREDICT_OPENAPI, read_predict_request
+from app.db import session_scope
 from app.schemas import ImagePrediction, LabelScore, PredictResponse
-from app.services.prediction import decode_uploads, select_model
+from app.services.prediction import decode_uploads, load_served, resolve_served
+from app.serving.predictor import TorchPredictor, top_labels
 
 router = APIRouter(tags=["predict"])
 
@@ -17,13 +19,19 @@ router = APIRouter(tags=["predict"])
     "/predict",
     response_model=PredictResponse,
     summary="Classify images",
-    responses=errors(404, 409, 413, 415, 422, 429),
+    responses=errors(404, 409, 413, 415, 422, 429, 503),
     openapi_extra=PREDICT_OPENAPI,
 )
-def predict(request: Request, caller: PredictCaller, session: SessionDep, settings: SettingsDep) -> PredictResponse:
-    """Top-k labels with probabilities per image, from the serving (best or pinned) version."""
+def predict(request: Request, caller: PredictCaller, settings: SettingsDep) -> PredictResponse:
+    """Top-k labels with probabilities per image, from the serving (best or pinned) version.
+
+    A sync route on purpose: the body readers and the decoding are synchronous and run in this worker thread,
+    in parallel with other requests and with the inference thread, and the wait for the batcher is a plain
+    blocking `Future.result()` here. An async route would hop to a thread for each of those steps and gain
+    nothing on the CPU. No database session is held past the version lookup, so none is held during inference.
+    """
     # The body is read only here, after the dependencies (the key check) passed, each image and all bounded.
-    form = read_predict_form(request, settings)
+    form = read_predict_request(request, settings)
     images = decode_uploads(
         form.images,
         settings.max_predict_images,
@@ -31,14 +39,17 @@ def predict(request: Request, caller: PredictCaller, session: SessionDep, settin
         max_pixels=settings.max_predict_pixels,
         max_request_pixels=settings.max_predict_request_pixels,
     )
-    cache = request.app.state.model_cache
-    chosen, loaded = select_model(session, cache, caller.project, form.model, form.version, settings.predict_device)
-    results = loaded.predict(images, form.top_k)
+    with session_scope(request.app.state.sessionmaker) as session:
+        served = resolve_served(session, caller.project, form.model, form.version)
+    predictor = TorchPredictor(load_served(request.app.state.model_cache, served, settings.predict_device))
+    probs = request.app.state.batcher.submit_images(served.checkpoint_id, predictor, images).result()
+    results = top_labels(probs, predictor.class_names, form.top_k)
     return PredictResponse(
-        model_name=chosen.model_name,
-        version=chosen.version,
-        job_id=chosen.job_id,
-        arch=chosen.arch,
+        model_name=served.model_name,
+        version=served.version,
+        job_id=served.job_id,
+        arch=served.arch,
+        backend=predictor.backend,
         predictions=[
             ImagePrediction(filename=u.filename, top=[LabelScore(label=lab, probability=p) for lab, p in row])
             for u, row in zip(form.images, results, strict=True)

@@ -99,6 +99,34 @@ PREDICT_OPENAPI = _multipart_body(
     required=["files"],
 )
 
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")  # /predict bodies that are one image, no form
+
+# /predict takes the form, or one image as the whole body with the other fields as query parameters.
+PREDICT_OPENAPI["requestBody"]["content"].update(
+    {kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_IMAGE_TYPES}
+)
+PREDICT_OPENAPI["requestBody"]["description"] = (
+    "A multipart/form-data form with one or more `files`, or one image as the whole body (`Content-Type: "
+    "image/jpeg`, `image/png` or `image/webp`) with `model`, `version` and `top_k` as query parameters."
+)
+PREDICT_OPENAPI["parameters"] = [
+    {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}, "description": "Raw body only"},
+    {
+        "name": "version",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
+        "description": "Raw body only",
+    },
+    {
+        "name": "top_k",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+        "description": "Raw body only",
+    },
+]
+
 # ---- what the parsed forms hold
 
 
@@ -412,6 +440,41 @@ def read_predict_form(request: Request, settings: Settings) -> PredictForm:
     fields = text.validated()
     return PredictForm(
         images=[ImageUpload(f.filename, bytes(f.buf)) for f in images],
+        model=fields.model,
+        version=fields.version,
+        top_k=fields.top_k,
+    )
+
+
+def read_predict_request(request: Request, settings: Settings) -> PredictForm:
+    """/predict's input: one image as the whole body (image/jpeg, png, webp; fields in the query) or the form."""
+    content_type, _ = parse_options_header(request.headers.get("content-type"))
+    kind = content_type.decode("latin-1").lower()
+    if kind in RAW_IMAGE_TYPES:
+        return _read_raw_image(request, settings)
+    if kind.startswith("image/"):
+        raise UnsupportedMediaType(
+            f"send the image as {', '.join(RAW_IMAGE_TYPES)} or in a multipart/form-data form; not {kind[:100]}"
+        )
+    return read_predict_form(request, settings)
+
+
+def _read_raw_image(request: Request, settings: Settings) -> PredictForm:
+    query = request.query_params
+    unknown = sorted(set(query) - set(PredictFields.model_fields))
+    if unknown:
+        raise InvalidInput(f"unknown query parameter {unknown[0][:100]!r}; this route takes model, version, top_k")
+    try:
+        fields = PredictFields.model_validate({k: v for k, v in query.items() if v})
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in errors]) from None
+    limit = settings.max_predict_image_bytes
+    image = _MemoryFile(None, limit)
+    for chunk in _Body(request, limit, f"the image is larger than {limit:,} bytes"):
+        image.write(chunk)
+    return PredictForm(
+        images=[ImageUpload(None, bytes(image.buf))],
         model=fields.model,
         version=fields.version,
         top_k=fields.top_k,

@@ -37,18 +37,21 @@ class LoadedModel:
         state, metadata = load_checkpoint(path, sha256)
         return cls(state, metadata, device)
 
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One image as the C×H×W uint8 tensor the model takes: shorter side to image_size, centre square."""
+        rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+        return self.transform(rgb)
+
     @torch.inference_mode()
-    def predict(self, images: list[Image.Image], top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """For each image, the top_k (label, probability) pairs, most likely first."""
-        batch = torch.stack(
-            [
-                self.transform(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1))
-                for img in images
-            ]
-        )
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """N×C×H×W uint8 (from preprocess) to N×classes float32 probabilities on the CPU."""
         x = normalize_batch(batch.to(self.device), self.preprocessing.mean, self.preprocessing.std)
         x = x.contiguous(memory_format=torch.channels_last)
-        probs = torch.softmax(self.model(x).float(), dim=1).cpu()
+        return torch.softmax(self.model(x).float(), dim=1).cpu()
+
+    def predict(self, images: list[Image.Image], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each image, the top_k (label, probability) pairs, most likely first."""
+        probs = self.probabilities(torch.stack([self.preprocess(img) for img in images]))
         k = min(top_k, len(self.class_names))
         values, indices = probs.topk(k, dim=1)
         return [

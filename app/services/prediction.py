@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,40 @@ def _decode_one(upload: ImageUpload, max_pixels: int, max_side: int) -> Image.Im
     except DatasetFormatError as exc:
         reason = getattr(exc, "reason", "damaged data")
         raise UnsupportedMediaType(f"{_shown(upload.filename)} is not a readable image ({reason})") from None
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """What /predict needs of the chosen version once its session is closed: plain values, no ORM objects."""
+
+    model_name: str
+    version: int
+    job_id: uuid.UUID
+    arch: str
+    checkpoint_id: str
+    path: Path
+    sha256: str | None
+
+
+def resolve_served(session: Session, project: str, name: str | None, version: int | None) -> ServedVersion:
+    """The project's version to serve (best, pinned or the one asked for) and where its checkpoint is."""
+    chosen = resolve_version(session, project, name, version)
+    checkpoint = session.get(Checkpoint, chosen.checkpoint_id)
+    assert checkpoint is not None  # FK
+    return ServedVersion(
+        model_name=chosen.model_name,
+        version=chosen.version,
+        job_id=chosen.job_id,
+        arch=chosen.arch,
+        checkpoint_id=str(checkpoint.id),
+        path=Path(checkpoint.path),
+        sha256=checkpoint.sha256,
+    )
+
+
+def load_served(cache: ModelCache, served: ServedVersion, device: str) -> LoadedModel:
+    """The version's weights, loaded once per checkpoint (verified against its sha256), then reused."""
+    return cache.get(served.checkpoint_id, lambda: LoadedModel.from_file(served.path, served.sha256, device))
 
 
 def select_model(

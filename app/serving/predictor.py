@@ -1,0 +1,61 @@
+"""The Predictor interface every serving backend implements, and the torch backend.
+
+A predictor is split where the batcher needs it split: `preprocess` turns one decoded image into the model's
+input tensor (run in the request thread, in parallel with other requests), `predict_batch` runs one forward over
+a stacked batch (run by the batcher's inference thread). Other backends (ONNX Runtime, int8) implement the same
+four members; the preprocessing always comes from the checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from app.ml.backbones import Preprocessing
+from app.ml.predictor import LoadedModel
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A served model: its labels, its preprocessing, and a batched forward that returns probabilities."""
+
+    backend: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One image as a C×H×W uint8 tensor at the model's input size."""
+        ...
+
+    def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """N×C×H×W uint8 (as `preprocess` makes them) to N×classes float32 probabilities on the CPU."""
+        ...
+
+
+class TorchPredictor:
+    """The eager torch backend: a LoadedModel in channels-last under inference_mode."""
+
+    backend = "torch"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.class_names = loaded.class_names
+        self.preprocessing = loaded.preprocessing
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.loaded.preprocess(image)
+
+    def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.loaded.probabilities(batch)
+
+
+def top_labels(probs: torch.Tensor, class_names: list[str], top_k: int) -> list[list[tuple[str, float]]]:
+    """For each row of probabilities, the top_k (label, probability) pairs, most likely first."""
+    k = min(top_k, len(class_names))
+    values, indices = probs.topk(k, dim=1)
+    return [
+        [(class_names[int(i)], float(v)) for v, i in zip(row_v, row_i, strict=True)]
+        for row_v, row_i in zip(values, indices, strict=True)
+    ]
