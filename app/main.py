@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import audit, datasets, health, jobs, keys, models, predict
+from app.api import audit, datasets, exports, health, jobs, keys, models, predict
 from app.api.middleware import install_middleware
 from app.api.ratelimit import RateLimiter
 from app.api.swagger_ui import install_docs
@@ -116,8 +116,27 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", "internal error; see the server log")
 
 
-def create_app(settings: Settings | None = None, enqueue: Callable[[uuid.UUID], None] | None = None) -> FastAPI:
-    """The API. `enqueue` defaults to sending a Celery task to settings.broker_url."""
+def celery_enqueue_export(settings: Settings) -> Callable[[uuid.UUID], None]:
+    """Send the export task for an export id to the broker."""
+    from worker.celery_app import make_celery, send_export_task
+
+    celery = make_celery(settings)
+
+    def enqueue(export_id: uuid.UUID) -> None:
+        try:
+            send_export_task(celery, settings, export_id)
+        except Exception:  # the export stays queued; asking for it again re-sends it
+            log.exception("could not enqueue export %s", export_id)
+
+    return enqueue
+
+
+def create_app(
+    settings: Settings | None = None,
+    enqueue: Callable[[uuid.UUID], None] | None = None,
+    enqueue_export: Callable[[uuid.UUID], None] | None = None,
+) -> FastAPI:
+    """The API. `enqueue` and `enqueue_export` default to sending Celery tasks to settings.broker_url."""
     settings = settings or get_settings()
     check_auth_mode(settings)
 
@@ -130,6 +149,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[uuid.UUID], 
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.model_cache = ModelCache()
         app.state.enqueue = enqueue or celery_enqueue(settings)
+        app.state.enqueue_export = enqueue_export or celery_enqueue_export(settings)
         app.state.secret = server_secret(settings)
         app.state.rate_limiter = RateLimiter(settings)
         if settings.admin_key:
@@ -154,7 +174,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[uuid.UUID], 
         redoc_url=None,  # ReDoc needs inline styles and a blob: worker, which the CSP refuses
     )
     install_error_handlers(app)
-    for module in (health, datasets, jobs, models, predict, keys, audit):
+    for module in (health, datasets, jobs, models, exports, predict, keys, audit):
         app.include_router(module.router)
     install_docs(app)
     install_middleware(app, settings)

@@ -272,3 +272,33 @@ class ServingChange(Base):
     key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     actor: Mapped[str] = mapped_column(String(120))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ExportStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    verified = "verified"  # passed verification: may be served
+    rejected = "rejected"  # verification failed: never served
+    failed = "failed"  # the export itself could not be made
+
+
+class Export(Base):
+    """A version's weights in another format (ONNX, int8), made on a worker and verified before serving."""
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("job_id", "format", name="uq_exports_job_id_format"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project: Mapped[str] = mapped_column(String(64), index=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    format: Mapped[str] = mapped_column(String(20))  # onnx | onnx-int8
+    status: Mapped[str] = mapped_column(String(20), default=ExportStatus.queued)
+    path: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # class names, preprocessing, image size: what a server needs to use the file on its own
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # verification on val (and test) splits
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

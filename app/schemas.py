@@ -133,6 +133,13 @@ class JobCreate(BaseModel):
     baseline: StrictBool = Field(
         default=True, description="also measure the model before fine-tuning (one linear-probe pass)"
     )
+    exports: list[Literal["onnx", "onnx-int8"]] = Field(
+        default_factory=list,
+        max_length=2,
+        description="exports made on a worker when the job succeeds, each verified against the fp32 model on the "
+        "validation (and test) split before it may be served: onnx, onnx-int8 (static int8, calibrated on a few "
+        "hundred training images)",
+    )
     max_attempts: StrictInt | None = Field(
         default=None,
         ge=1,
@@ -352,3 +359,28 @@ class AuditEventOut(BaseModel):
     object_type: str
     object_id: str
     details: dict[str, Any] | None
+
+
+class ExportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["onnx", "onnx-int8"] = Field(description="onnx: fp32 ONNX; onnx-int8: static int8 QDQ")
+
+
+class ExportOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    format: str
+    status: Literal["queued", "running", "verified", "rejected", "failed"] = Field(
+        description="verified: may be served; rejected: failed verification, never served; failed: not made"
+    )
+    sha256: str | None
+    size_bytes: int | None
+    meta: dict[str, Any] | None = Field(description="class names, preprocessing, image size, input and output")
+    report: dict[str, Any] | None = Field(
+        description="per split (val, test): images, top-1 agreement with fp32, accuracy, fp32 accuracy, passed"
+    )
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None

@@ -45,6 +45,9 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/models/{name}/history"): "read",
     ("POST", "/models/{name}/rollback"): "train",
     ("POST", "/predict"): "predict",
+    ("POST", "/models/{name}/versions/{version}/exports"): "train",
+    ("GET", "/models/{name}/versions/{version}/exports"): "read",
+    ("GET", "/models/{name}/versions/{version}/exports/{format}"): "read",
     ("POST", "/keys"): "admin",
     ("GET", "/keys"): "admin",
     ("DELETE", "/keys/{key_id}"): "admin",
@@ -65,6 +68,7 @@ def concrete(path: str) -> str:
         .replace("{key_id}", str(uuid.uuid4()))
         .replace("{name}", "nosuchmodel")
         .replace("{version}", "1")
+        .replace("{format}", "onnx")
         .replace("{alias}", "production")
     )
 
@@ -85,6 +89,7 @@ def call(client, method: str, path: str, headers: dict[str, str] | None):
         "/jobs": {"dataset_id": str(uuid.uuid4())},
         "/keys": {"name": "k", "scopes": ["read"]},
         "/datasets/register": {"path": "nothing-here"},
+        "/models/{name}/versions/{version}/exports": {"format": "onnx"},
     }
     return client.post(url, headers=headers, json=bodies.get(path, {}))
 

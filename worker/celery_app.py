@@ -9,6 +9,7 @@ from celery import Celery
 from app.config import Settings
 
 TRAIN_TASK = "visiontune.train_job"
+EXPORT_TASK = "visiontune.export_version"
 
 # Priorities on the Redis transport, where the lowest number is served first. A task the reaper or a departing
 # worker re-sends (a job resuming from its checkpoint, a retry, a send Redis lost) goes ahead of new submissions:
@@ -32,7 +33,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
-        task_routes={TRAIN_TASK: {"queue": settings.queue}},
+        task_routes={TRAIN_TASK: {"queue": settings.queue}, EXPORT_TASK: {"queue": settings.queue}},
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         # Redis re-delivers an unacknowledged message only after this long. Recovery does not wait for it:
@@ -55,6 +56,11 @@ def send_train_task(celery: Celery, settings: Settings, job_id: uuid.UUID, *, re
     """Publish the training task for job_id (the job row must already be committed); `resent` jumps the queue."""
     priority = RESENT_PRIORITY if resent else NEW_PRIORITY
     celery.send_task(TRAIN_TASK, args=[str(job_id)], queue=settings.queue, priority=priority)
+
+
+def send_export_task(celery: Celery, settings: Settings, export_id: uuid.UUID) -> None:
+    """Publish the export task for export_id (its row must already be committed)."""
+    celery.send_task(EXPORT_TASK, args=[str(export_id)], queue=settings.queue, priority=NEW_PRIORITY)
 
 
 def worker_app() -> Celery:

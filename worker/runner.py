@@ -26,13 +26,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import after_commit, make_engine, make_sessionmaker, session_scope
 from app.ml.backbones import BuiltModel
 from app.ml.checkpoint import CheckpointError, load_training_state, save_checkpoint, save_training_state
 from app.ml.engine import DeviceSetup, TrainingStopped
 from app.ml.strategies import export_state_dict
 from app.ml.trainer import EpochReport, FitResult, TrainConfig, TrainingState, fit
 from app.models import Checkpoint, Dataset, Epoch, Job, JobStatus
+from app.services.exports import queue_exports
 from app.services.registry import register_version
 from worker import shutdown
 from worker.reaper import retry_delay
@@ -142,6 +143,8 @@ class JobRunner:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         # Sends a requeued job's task at once; without it the reaper sends it on its next sweep.
         self.enqueue = enqueue
+        # Sends the export tasks a succeeded job asked for (`exports`); without it they stay queued.
+        self.enqueue_export: Callable[[uuid.UUID], None] | None = None
 
     # ------------------------------------------------------------ lease and fencing
 
@@ -443,7 +446,11 @@ class JobRunner:
             fresh = s.get(Job, job.id)
             assert fresh is not None
             test_acc = result.test_metrics["accuracy"] if result.test_metrics else None
-            register_version(s, fresh, best, test_acc)
+            version = register_version(s, fresh, best, test_acc)
+            export_ids = queue_exports(s, version, list(fresh.config.get("exports") or []))
+            send = self.enqueue_export
+            if send is not None:
+                after_commit(s, lambda: [send(export_id) for export_id in export_ids])
 
     def finish(self, job_id: uuid.UUID, attempt: int, status: JobStatus, error: str) -> None:
         def unit() -> None:
@@ -576,4 +583,6 @@ def get_runner(enqueue: Callable[[uuid.UUID], None] | None = None) -> JobRunner:
 
             torch.set_num_threads(settings.torch_threads)
         _runner = JobRunner(settings, make_sessionmaker(make_engine(settings.resolved_database_url())), enqueue=enqueue)
+    elif enqueue is not None:
+        _runner.enqueue = enqueue
     return _runner

@@ -85,3 +85,12 @@ def load_training_state(path: Path, sha256: str) -> dict[str, Any]:
         raise CheckpointError(f"training state {path} does not match its recorded sha256 (corrupted on disk)")
     # weights_only: the file holds plain containers and tensors; nothing in it may run code when loaded.
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
