@@ -40,7 +40,14 @@ class Settings(BaseSettings):
     requeue_grace_seconds: float = Field(
         default=30.0, description="A queued job whose task the broker no longer holds is re-sent after this long"
     )
-    predict_device: str = Field(default="cpu", description="Device the API process serves /predict on")
+    predict_device: str = Field(
+        default="auto", description="Device the API process serves /predict on: auto (a GPU if it has one), cpu, cuda"
+    )
+    predict_backend: Literal["auto", "torch", "onnx", "int8"] = Field(
+        default="auto",
+        description="auto: the verified export that ran fastest in its verification (CPU), torch on a GPU; "
+        "onnx/int8: that export when it is verified, else torch",
+    )
     predict_max_batch: int = Field(
         default=32, ge=1, description="Most images one /predict forward takes (concurrent requests are coalesced)"
     )
@@ -107,6 +114,14 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, description="Intra-op threads for training/serving")
     host: str = "127.0.0.1"
     port: int = 8000
+
+    def resolved_predict_device(self) -> str:
+        """predict_device with auto resolved: cuda when this process sees a GPU, else cpu."""
+        if self.predict_device != "auto":
+            return self.predict_device
+        import torch  # only when serving asks: the launcher and the reaper never import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolved_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under data_dir."""

@@ -100,3 +100,31 @@ def test_job_exports_redelivery_and_failure(service, tmp_path):
     assert client.get(f"{base}/onnx-int8").status_code == 409
     again = client.post(base, json={"format": "onnx-int8"})
     assert again.status_code == 202 and again.json()["status"] == "queued"
+
+
+def test_a_verified_export_serves_and_a_rejected_one_never_does(service, tmp_path):
+    client, settings, factory, runner, exports, enqueued = service
+    job = trained_version(client, runner, enqueued, tmp_path)
+    name = job["model_name"]
+    r = client.post(f"/models/{name}/versions/1/exports", json={"format": "onnx"})
+    assert run_export(settings, factory, uuid.UUID(r.json()["id"])) == "verified"
+    data = cifar_imagefolder_zip(tmp_path / "probe.zip", train_per_class=1)["heldout"][:6]
+    files = [("files", (f"{i}.png", img, "image/png")) for i, (img, _) in enumerate(data)]
+
+    def answer(backend: str) -> dict:
+        app = create_app(settings.model_copy(update={"predict_backend": backend}), enqueue=lambda _id: None)
+        with TestClient(app, raise_server_exceptions=False, headers=client.headers) as c:
+            out = c.post("/predict", files=files, data={"model": name})
+            assert out.status_code == 200, out.text
+            return out.json()
+
+    torch_answer, onnx_answer = answer("torch"), answer("onnx")
+    assert torch_answer["backend"] == "torch" and onnx_answer["backend"] == "onnx"
+    for a, b in zip(torch_answer["predictions"], onnx_answer["predictions"], strict=True):
+        assert a["top"][0]["label"] == b["top"][0]["label"]
+        assert abs(a["top"][0]["probability"] - b["top"][0]["probability"]) < 1e-3
+    assert answer("int8")["backend"] == "torch"  # no int8 export: torch answers
+    # A rejected export is never served, whatever is asked for.
+    with session_scope(factory) as s:
+        s.execute(update(Export).where(Export.id == uuid.UUID(r.json()["id"])).values(status="rejected"))
+    assert answer("onnx")["backend"] == "torch" and answer("auto")["backend"] == "torch"

@@ -9,8 +9,8 @@ from app.api.docs import errors
 from app.api.uploads import PREDICT_OPENAPI, read_predict_request
 from app.db import session_scope
 from app.schemas import ImagePrediction, LabelScore, PredictResponse
-from app.services.prediction import decode_uploads, load_served, resolve_served
-from app.serving.predictor import TorchPredictor, top_labels
+from app.services.prediction import decode_uploads, load_predictor, resolve_served
+from app.serving.predictor import top_labels
 
 router = APIRouter(tags=["predict"])
 
@@ -39,10 +39,12 @@ def predict(request: Request, caller: PredictCaller, settings: SettingsDep) -> P
         max_pixels=settings.max_predict_pixels,
         max_request_pixels=settings.max_predict_request_pixels,
     )
+    device = settings.resolved_predict_device()
     with session_scope(request.app.state.sessionmaker) as session:
-        served = resolve_served(session, caller.project, form.model, form.version)
-    predictor = TorchPredictor(load_served(request.app.state.model_cache, served, settings.predict_device))
-    probs = request.app.state.batcher.submit_images(served.checkpoint_id, predictor, images).result()
+        served = resolve_served(session, caller.project, form.model, form.version, settings.predict_backend, device)
+    threads = settings.predict_threads or settings.torch_threads
+    predictor = load_predictor(request.app.state.model_cache, served, device, threads)
+    probs = request.app.state.batcher.submit_images(served.cache_key, predictor, images).result()
     results = top_labels(probs, predictor.class_names, form.top_k)
     return PredictResponse(
         model_name=served.model_name,

@@ -8,6 +8,7 @@ size) and returns logits, so every backend shares one preprocessing path. Nothin
 from __future__ import annotations
 
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -104,9 +105,12 @@ class Verification:
     reference_accuracy: float
     passed: bool
     reason: str
+    reference_seconds: float = 0.0  # time the fp32 model and the export took over the same batches
+    candidate_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "speedup": round(self.reference_seconds / self.candidate_seconds, 3) if self.candidate_seconds else None,
             "images": self.images,
             "top1_agreement": round(self.agreement, 6),
             "accuracy": round(self.accuracy, 6),
@@ -124,9 +128,13 @@ def verify(
 ) -> Verification:
     """Top-1 agreement and accuracy of candidate against reference over (images, labels) batches."""
     same = right = right_ref = total = 0
+    ref_s = cand_s = 0.0
     for images, labels in batches:
+        t0 = time.perf_counter()
         ref = reference(images).argmax(axis=1)
+        t1 = time.perf_counter()
         got = candidate(images).argmax(axis=1)
+        ref_s, cand_s = ref_s + t1 - t0, cand_s + time.perf_counter() - t1
         same += int((ref == got).sum())
         right += int((got == labels).sum())
         right_ref += int((ref == labels).sum())
@@ -137,12 +145,12 @@ def verify(
     drop = reference_accuracy - accuracy
     if agreement < MIN_AGREEMENT:
         reason = f"agrees with the fp32 model on {agreement:.1%} of {total} images (needs {MIN_AGREEMENT:.0%})"
-        return Verification(total, agreement, accuracy, reference_accuracy, False, reason)
+        return Verification(total, agreement, accuracy, reference_accuracy, False, reason, ref_s, cand_s)
     if drop > MAX_ACCURACY_DROP:
         reason = f"loses {drop * 100:.2f} accuracy points on {total} images (at most {MAX_ACCURACY_DROP * 100:g})"
-        return Verification(total, agreement, accuracy, reference_accuracy, False, reason)
+        return Verification(total, agreement, accuracy, reference_accuracy, False, reason, ref_s, cand_s)
     reason = f"agrees on {agreement:.2%} of {total} images, accuracy {accuracy:.2%} (fp32 {reference_accuracy:.2%})"
-    return Verification(total, agreement, accuracy, reference_accuracy, True, reason)
+    return Verification(total, agreement, accuracy, reference_accuracy, True, reason, ref_s, cand_s)
 
 
 def torch_logits(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

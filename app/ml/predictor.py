@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -60,16 +60,19 @@ class LoadedModel:
         ]
 
 
+T = TypeVar("T")
+
+
 class ModelCache:
-    """Loaded checkpoints by id, least recently used evicted; loads happen once even under concurrency."""
+    """Loaded models (or predictors) by key, least recently used evicted; loads happen once under concurrency."""
 
     def __init__(self, capacity: int = 4) -> None:
         self.capacity = capacity
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, key: str, load: Callable[[], LoadedModel]) -> LoadedModel:
+    def get(self, key: str, load: Callable[[], T]) -> T:
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)

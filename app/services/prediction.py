@@ -6,16 +6,20 @@ import io
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.ml.data import DatasetFormatError, ImageTooLarge, UnreadableImage, decode_image, image_dimensions
 from app.ml.predictor import LoadedModel, ModelCache
-from app.models import Checkpoint, ModelVersion
+from app.models import Checkpoint, Export, ExportStatus, ModelVersion
 from app.services.registry import resolve_version
+from app.serving.onnx import BACKEND_OF_FORMAT, OnnxPredictor
+from app.serving.predictor import Predictor, TorchPredictor
 
 
 @dataclass
@@ -105,13 +109,48 @@ class ServedVersion:
     checkpoint_id: str
     path: Path
     sha256: str | None
+    backend: str = "torch"
+    export_path: Path | None = None  # the verified export the backend runs (None for torch)
+    export_sha256: str | None = None
+    export_meta: dict[str, Any] | None = None
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.checkpoint_id}:{self.backend}"
 
 
-def resolve_served(session: Session, project: str, name: str | None, version: int | None) -> ServedVersion:
-    """The project's version to serve (best, pinned or the one asked for) and where its checkpoint is."""
+def choose_backend(exports: list[Export], preferred: str, device: str) -> Export | None:
+    """The verified export to serve, or None for torch.
+
+    `preferred` (VISIONTUNE_PREDICT_BACKEND): torch, onnx or int8 (torch when that export is not verified), or
+    auto: on a CPU, the verified export that ran fastest against fp32 torch in its own verification; torch
+    on a GPU, where it runs in fp16/bf16. A rejected or unfinished export is never served.
+    """
+    verified = {BACKEND_OF_FORMAT[e.format]: e for e in exports if e.status == ExportStatus.verified and e.path}
+    if preferred != "auto":
+        return verified.get(preferred)
+    if device.startswith("cuda"):
+        return None
+    best, best_speedup = None, 1.0
+    for export in verified.values():
+        speedup = min((r.get("speedup") or 0.0) for r in (export.report or {}).values()) if export.report else 0.0
+        if speedup > best_speedup:
+            best, best_speedup = export, speedup
+    return best
+
+
+def resolve_served(
+    session: Session, project: str, name: str | None, version: int | None, backend: str = "torch", device: str = "cpu"
+) -> ServedVersion:
+    """The project's version to serve (best, pinned, aliased or the one asked for), where its checkpoint is and
+    the backend that answers for it."""
     chosen = resolve_version(session, project, name, version)
     checkpoint = session.get(Checkpoint, chosen.checkpoint_id)
     assert checkpoint is not None  # FK
+    export = None
+    if backend != "torch":
+        exports = list(session.scalars(select(Export).where(Export.job_id == chosen.job_id)))
+        export = choose_backend(exports, backend, device)
     return ServedVersion(
         model_name=chosen.model_name,
         version=chosen.version,
@@ -120,12 +159,26 @@ def resolve_served(session: Session, project: str, name: str | None, version: in
         checkpoint_id=str(checkpoint.id),
         path=Path(checkpoint.path),
         sha256=checkpoint.sha256,
+        backend=BACKEND_OF_FORMAT[export.format] if export else "torch",
+        export_path=Path(export.path) if export and export.path else None,
+        export_sha256=export.sha256 if export else None,
+        export_meta=dict(export.meta or {}) if export else None,
     )
 
 
 def load_served(cache: ModelCache, served: ServedVersion, device: str) -> LoadedModel:
     """The version's weights, loaded once per checkpoint (verified against its sha256), then reused."""
     return cache.get(served.checkpoint_id, lambda: LoadedModel.from_file(served.path, served.sha256, device))
+
+
+def load_predictor(cache: ModelCache, served: ServedVersion, device: str, threads: int | None = None) -> Predictor:
+    """The predictor of the served version's backend, loaded once (files checked by sha256), then reused."""
+    if served.export_path is None or served.export_meta is None:
+        return cache.get(
+            served.cache_key, lambda: TorchPredictor(LoadedModel.from_file(served.path, served.sha256, device))
+        )
+    path, meta, digest = served.export_path, served.export_meta, served.export_sha256
+    return cache.get(served.cache_key, lambda: OnnxPredictor(path, meta, served.backend, digest, threads, device))
 
 
 def select_model(
