@@ -24,6 +24,7 @@ from app.db import make_engine, make_sessionmaker, session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
 from app.serving.batcher import Batcher
+from app.serving.targets import ServingTargets
 
 log = logging.getLogger("visiontune.api")
 
@@ -148,6 +149,7 @@ def create_app(
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.model_cache = ModelCache()
+        app.state.serving_targets = ServingTargets(app.state.model_cache)
         app.state.enqueue = enqueue or celery_enqueue(settings)
         app.state.enqueue_export = enqueue_export or celery_enqueue_export(settings)
         app.state.secret = server_secret(settings)

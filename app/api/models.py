@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from app.api.deps import ReadCaller, SessionDep, TrainCaller
 from app.api.docs import errors
@@ -56,21 +56,31 @@ def get_model(name: ModelName, caller: ReadCaller, session: SessionDep) -> Model
 
 
 @router.post("/{name}/versions/{version}/promote", response_model=ModelOut, responses=errors(404, 429))
-def promote_version(name: ModelName, version: Version, caller: TrainCaller, session: SessionDep) -> ModelOut:
-    """Pin a version: /predict serves it until unpinned, whatever later jobs score."""
-    return to_out(session, registry.promote(session, caller, name, version))
+def promote_version(
+    name: ModelName, version: Version, caller: TrainCaller, session: SessionDep, request: Request
+) -> ModelOut:
+    """Pin a version: /predict serves it until unpinned, whatever later jobs score (loaded and warmed first)."""
+    model = registry.promote(session, caller, name, version)
+    warm(request, session, caller.project, name)
+    return to_out(session, model)
 
 
 @router.delete("/{name}/pin", response_model=ModelOut, responses=errors(404, 429))
-def unpin_model(name: ModelName, caller: TrainCaller, session: SessionDep) -> ModelOut:
+def unpin_model(name: ModelName, caller: TrainCaller, session: SessionDep, request: Request) -> ModelOut:
     """Serve the best version again."""
-    return to_out(session, registry.unpin(session, caller, name))
+    model = registry.unpin(session, caller, name)
+    warm(request, session, caller.project, name)
+    return to_out(session, model)
 
 
 @router.put("/{name}/aliases/{alias}", response_model=ModelOut, responses=errors(404, 429))
-def set_alias(name: ModelName, alias: Alias, body: AliasSet, caller: TrainCaller, session: SessionDep) -> ModelOut:
+def set_alias(
+    name: ModelName, alias: Alias, body: AliasSet, caller: TrainCaller, session: SessionDep, request: Request
+) -> ModelOut:
     """Point an alias at a version (made, or moved): `/predict` serves it with `model=name@alias`."""
-    return to_out(session, registry.set_alias(session, caller, name, alias, body.version))
+    model = registry.set_alias(session, caller, name, alias, body.version)
+    warm(request, session, caller.project, f"{name}@{alias}")
+    return to_out(session, model)
 
 
 @router.delete("/{name}/aliases/{alias}", response_model=ModelOut, responses=errors(404, 429))
@@ -94,8 +104,15 @@ def model_history(
 
 @router.post("/{name}/rollback", response_model=ModelOut, responses=errors(404, 409, 429))
 def rollback(
-    name: ModelName, caller: TrainCaller, session: SessionDep, body: RollbackRequest | None = None
+    name: ModelName, caller: TrainCaller, session: SessionDep, request: Request, body: RollbackRequest | None = None
 ) -> ModelOut:
     """Move an alias (or, without one, the pin) back to where its latest change moved it from; twice: back again."""
     alias = body.alias if body is not None else None
-    return to_out(session, registry.rollback(session, caller, name, alias))
+    model = registry.rollback(session, caller, name, alias)
+    warm(request, session, caller.project, f"{name}@{alias}" if alias else name)
+    return to_out(session, model)
+
+
+def warm(request: Request, session: SessionDep, project: str, ref: str) -> None:
+    """Load and warm the new serving target in this process before the change commits (see app/serving)."""
+    request.app.state.serving_targets.warm(session, request.app.state.settings, project, ref)

@@ -43,7 +43,12 @@ def predict(request: Request, caller: PredictCaller, settings: SettingsDep) -> P
     with session_scope(request.app.state.sessionmaker) as session:
         served = resolve_served(session, caller.project, form.model, form.version, settings.predict_backend, device)
     threads = settings.predict_threads or settings.torch_threads
-    predictor = load_predictor(request.app.state.model_cache, served, device, threads)
+    cache = request.app.state.model_cache
+    # A switch of target (promotion, alias move, rollback, better job) takes traffic once the new one is warm.
+    target = (caller.project, form.model) if form.version is None else (caller.project, form.model, form.version)
+    served, predictor = request.app.state.serving_targets.predictor_for(
+        target, served, lambda s: load_predictor(cache, s, device, threads)
+    )
     probs = request.app.state.batcher.submit_images(served.cache_key, predictor, images).result()
     results = top_labels(probs, predictor.class_names, form.top_k)
     return PredictResponse(

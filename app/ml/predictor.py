@@ -72,6 +72,14 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
+    def peek(self, key: str) -> Any:
+        """The loaded entry for key, or None (never loads)."""
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            return None
+
     def get(self, key: str, load: Callable[[], T]) -> T:
         with self._lock:
             if key in self._models:

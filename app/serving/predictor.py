@@ -24,6 +24,7 @@ class Predictor(Protocol):
     backend: str
     class_names: list[str]
     preprocessing: Preprocessing
+    image_size: int
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One image as a C×H×W uint8 tensor at the model's input size."""
@@ -43,6 +44,7 @@ class TorchPredictor:
         self.loaded = loaded
         self.class_names = loaded.class_names
         self.preprocessing = loaded.preprocessing
+        self.image_size = loaded.image_size
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.loaded.preprocess(image)
