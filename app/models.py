@@ -198,6 +198,8 @@ class RegisteredModel(Base):
     project: Mapped[str] = mapped_column(ForeignKey("projects.name", ondelete="RESTRICT"), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     pinned_version: Mapped[int | None] = mapped_column(Integer)
+    # The serving backend the pin asks for (torch, onnx, int8); None: the server's VISIONTUNE_PREDICT_BACKEND.
+    pinned_backend: Mapped[str | None] = mapped_column(String(10))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     versions: Mapped[list[ModelVersion]] = relationship(order_by="ModelVersion.version", viewonly=True)
@@ -253,6 +255,7 @@ class ModelAlias(Base):
     model_name: Mapped[str] = mapped_column(String(100), primary_key=True)
     alias: Mapped[str] = mapped_column(String(40), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
+    backend: Mapped[str | None] = mapped_column(String(10))  # as pinned_backend, for this alias
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 

@@ -247,9 +247,13 @@ class ModelVersionOut(BaseModel):
 class ModelOut(BaseModel):
     name: str
     pinned_version: int | None
+    pinned_backend: str | None = Field(default=None, description="the backend the pin asks for; None: the default")
     serving_version: int | None
     aliases: dict[str, int] = Field(
         default_factory=dict, description="alias -> version; `/predict` serves one with `model=name@alias`"
+    )
+    alias_backends: dict[str, str] = Field(
+        default_factory=dict, description="alias -> the backend it asks for (aliases with none are left out)"
     )
     versions: list[ModelVersionOut]
 
@@ -260,6 +264,19 @@ class AliasSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: StrictInt = Field(ge=1, le=MAX_VERSION)
+    backend: Literal["torch", "onnx", "int8"] | None = Field(
+        default=None, description="serve it with this backend (when that export is verified); default: the server's"
+    )
+
+
+class PromoteRequest(BaseModel):
+    """Optional body of a promotion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["torch", "onnx", "int8"] | None = Field(
+        default=None, description="serve the pinned version with this backend (when that export is verified)"
+    )
 
 
 class RollbackRequest(BaseModel):

@@ -106,15 +106,15 @@ def test_a_verified_export_serves_and_a_rejected_one_never_does(service, tmp_pat
     client, settings, factory, runner, exports, enqueued = service
     job = trained_version(client, runner, enqueued, tmp_path)
     name = job["model_name"]
-    r = client.post(f"/models/{name}/versions/1/exports", json={"format": "onnx"})
-    assert run_export(settings, factory, uuid.UUID(r.json()["id"])) == "verified"
+    export_id = uuid.UUID(client.post(f"/models/{name}/versions/1/exports", json={"format": "onnx"}).json()["id"])
+    assert run_export(settings, factory, export_id) == "verified"
     data = cifar_imagefolder_zip(tmp_path / "probe.zip", train_per_class=1)["heldout"][:6]
     files = [("files", (f"{i}.png", img, "image/png")) for i, (img, _) in enumerate(data)]
 
-    def answer(backend: str) -> dict:
+    def answer(backend: str, model: str = name) -> dict:
         app = create_app(settings.model_copy(update={"predict_backend": backend}), enqueue=lambda _id: None)
         with TestClient(app, raise_server_exceptions=False, headers=client.headers) as c:
-            out = c.post("/predict", files=files, data={"model": name})
+            out = c.post("/predict", files=files, data={"model": model})
             assert out.status_code == 200, out.text
             return out.json()
 
@@ -124,7 +124,18 @@ def test_a_verified_export_serves_and_a_rejected_one_never_does(service, tmp_pat
         assert a["top"][0]["label"] == b["top"][0]["label"]
         assert abs(a["top"][0]["probability"] - b["top"][0]["probability"]) < 1e-3
     assert answer("int8")["backend"] == "torch"  # no int8 export: torch answers
+    # A pin or an alias may name its backend, whatever the server's default.
+    r = client.post(f"/models/{name}/versions/1/promote", json={"backend": "onnx"})
+    assert r.status_code == 200 and r.json()["pinned_backend"] == "onnx", r.text
+    assert answer("torch")["backend"] == "onnx"
+    r = client.put(f"/models/{name}/aliases/fast", json={"version": 1, "backend": "onnx"})
+    assert r.json()["alias_backends"] == {"fast": "onnx"}
+    assert client.put(f"/models/{name}/aliases/plain", json={"version": 1}).json()["alias_backends"] == {"fast": "onnx"}
+    assert answer("torch", f"{name}@fast")["backend"] == "onnx"
+    assert answer("torch", f"{name}@plain")["backend"] == "torch"
+    assert client.delete(f"/models/{name}/pin").json()["pinned_backend"] is None
+    assert client.post(f"/models/{name}/versions/1/promote", json={"backend": "tensorrt"}).status_code == 422
     # A rejected export is never served, whatever is asked for.
     with session_scope(factory) as s:
-        s.execute(update(Export).where(Export.id == uuid.UUID(r.json()["id"])).values(status="rejected"))
+        s.execute(update(Export).where(Export.id == export_id).values(status="rejected"))
     assert answer("onnx")["backend"] == "torch" and answer("auto")["backend"] == "torch"

@@ -17,6 +17,7 @@ from app.schemas import (
     ModelOut,
     ModelVersionOut,
     Page,
+    PromoteRequest,
     RollbackRequest,
     ServingChangeOut,
 )
@@ -36,11 +37,14 @@ def to_out(session: SessionDep, model: RegisteredModel) -> ModelOut:
         out = ModelVersionOut.model_validate(v)
         out.serving = serving is not None and v.version == serving.version
         versions.append(out)
+    rows = registry.alias_rows(session, model)
     return ModelOut(
         name=model.name,
         pinned_version=model.pinned_version,
+        pinned_backend=model.pinned_backend,
         serving_version=serving.version if serving else None,
-        aliases=registry.aliases(session, model),
+        aliases={row.alias: row.version for row in rows},
+        alias_backends={row.alias: row.backend for row in rows if row.backend},
         versions=versions,
     )
 
@@ -57,10 +61,16 @@ def get_model(name: ModelName, caller: ReadCaller, session: SessionDep) -> Model
 
 @router.post("/{name}/versions/{version}/promote", response_model=ModelOut, responses=errors(404, 429))
 def promote_version(
-    name: ModelName, version: Version, caller: TrainCaller, session: SessionDep, request: Request
+    name: ModelName,
+    version: Version,
+    caller: TrainCaller,
+    session: SessionDep,
+    request: Request,
+    body: PromoteRequest | None = None,
 ) -> ModelOut:
-    """Pin a version: /predict serves it until unpinned, whatever later jobs score (loaded and warmed first)."""
-    model = registry.promote(session, caller, name, version)
+    """Pin a version: /predict serves it until unpinned, whatever later jobs score (loaded and warmed first),
+    with the backend the body names (when that export is verified) or the server's default."""
+    model = registry.promote(session, caller, name, version, body.backend if body else None)
     warm(request, session, caller.project, name)
     return to_out(session, model)
 
@@ -78,7 +88,7 @@ def set_alias(
     name: ModelName, alias: Alias, body: AliasSet, caller: TrainCaller, session: SessionDep, request: Request
 ) -> ModelOut:
     """Point an alias at a version (made, or moved): `/predict` serves it with `model=name@alias`."""
-    model = registry.set_alias(session, caller, name, alias, body.version)
+    model = registry.set_alias(session, caller, name, alias, body.version, body.backend)
     warm(request, session, caller.project, f"{name}@{alias}")
     return to_out(session, model)
 

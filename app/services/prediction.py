@@ -17,7 +17,7 @@ from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.ml.data import DatasetFormatError, ImageTooLarge, UnreadableImage, decode_image, image_dimensions
 from app.ml.predictor import LoadedModel, ModelCache
 from app.models import Checkpoint, Export, ExportStatus, ModelVersion
-from app.services.registry import resolve_version
+from app.services.registry import resolve_target, resolve_version
 from app.serving.onnx import BACKEND_OF_FORMAT, OnnxPredictor
 from app.serving.predictor import Predictor, TorchPredictor
 
@@ -144,7 +144,8 @@ def resolve_served(
 ) -> ServedVersion:
     """The project's version to serve (best, pinned, aliased or the one asked for), where its checkpoint is and
     the backend that answers for it."""
-    chosen = resolve_version(session, project, name, version)
+    chosen, asked = resolve_target(session, project, name, version)
+    backend = asked or backend  # an alias or pin that names a backend wins over the server's default
     checkpoint = session.get(Checkpoint, chosen.checkpoint_id)
     assert checkpoint is not None  # FK
     export = None

@@ -105,6 +105,13 @@ def resolve_version(session: Session, project: str, name: str | None, version: i
 
     name may be `name@alias` (that alias's version); otherwise the pinned version, else the best.
     """
+    return resolve_target(session, project, name, version)[0]
+
+
+def resolve_target(
+    session: Session, project: str, name: str | None, version: int | None
+) -> tuple[ModelVersion, str | None]:
+    """resolve_version and the backend the alias or pin that chose it asks for (None: the server's default)."""
     if name is None:
         models = list_models(session, project)
         if not models:
@@ -124,26 +131,30 @@ def resolve_version(session: Session, project: str, name: str | None, version: i
         row = session.get(ModelAlias, (project, name, alias))
         if row is None:
             raise NotFound(f"model {name!r} has no alias {alias!r}")
-        version = row.version
+        chosen = find_version(session, project, name, row.version)
+        if chosen is None:  # the foreign key makes this impossible; kept as a clear answer
+            raise NotFound(f"model {name!r} has no version {row.version}")
+        return chosen, row.backend
     if version is not None:
         chosen = find_version(session, project, name, version)
         if chosen is None:
             raise NotFound(f"model {name!r} has no version {version}")
-        return chosen
+        return chosen, None
     chosen = serving_version(session, model)
     if chosen is None:
         raise NoModelAvailable(f"model {name!r} has no trained version yet")
-    return chosen
+    pinned = model.pinned_version is not None and chosen.version == model.pinned_version
+    return chosen, model.pinned_backend if pinned else None
 
 
 def aliases(session: Session, model: RegisteredModel) -> dict[str, int]:
     """alias -> version, by alias name."""
-    rows = session.scalars(
-        select(ModelAlias)
-        .where(ModelAlias.project == model.project, ModelAlias.model_name == model.name)
-        .order_by(ModelAlias.alias)
-    ).all()
-    return {row.alias: row.version for row in rows}
+    return {row.alias: row.version for row in alias_rows(session, model)}
+
+
+def alias_rows(session: Session, model: RegisteredModel) -> list[ModelAlias]:
+    query = select(ModelAlias).where(ModelAlias.project == model.project, ModelAlias.model_name == model.name)
+    return list(session.scalars(query.order_by(ModelAlias.alias)).all())
 
 
 def history(session: Session, project: str, name: str, limit: int, offset: int) -> tuple[list[ServingChange], int]:
@@ -194,16 +205,25 @@ def _record_change(
     )
 
 
-def _set_pin(session: Session, actor: Actor, model: RegisteredModel, version: int | None, action: str) -> None:
+def _set_pin(
+    session: Session, actor: Actor, model: RegisteredModel, version: int | None, action: str, backend: str | None = None
+) -> None:
     previous = model.pinned_version
     model.pinned_version = version
+    model.pinned_backend = backend if version is not None else None
     if previous != version:
         _record_change(session, actor, model, PIN, action, previous, version)
     session.flush()
 
 
 def _set_alias(
-    session: Session, actor: Actor, model: RegisteredModel, alias: str, version: int | None, action: str
+    session: Session,
+    actor: Actor,
+    model: RegisteredModel,
+    alias: str,
+    version: int | None,
+    action: str,
+    backend: str | None = None,
 ) -> int | None:
     """Point alias at version (None: remove it); records the change; returns the previous version."""
     row = session.get(ModelAlias, (model.project, model.name, alias))
@@ -211,21 +231,23 @@ def _set_alias(
     if version is None and row is not None:
         session.delete(row)
     elif version is not None and row is None:
-        session.add(ModelAlias(project=model.project, model_name=model.name, alias=alias, version=version))
+        session.add(
+            ModelAlias(project=model.project, model_name=model.name, alias=alias, version=version, backend=backend)
+        )
     elif version is not None and row is not None:
-        row.version = version
+        row.version, row.backend = version, backend
     if previous != version:
         _record_change(session, actor, model, f"alias:{alias}", action, previous, version)
     session.flush()
     return previous
 
 
-def promote(session: Session, actor: Actor, name: str, version: int) -> RegisteredModel:
-    """Pin version as the one /predict serves for name, whatever later jobs score."""
+def promote(session: Session, actor: Actor, name: str, version: int, backend: str | None = None) -> RegisteredModel:
+    """Pin version as the one /predict serves for name, whatever later jobs score (with backend, if given)."""
     model = _locked_model(session, actor.project, name)
     _existing_version(session, actor.project, name, version)
     previous = model.pinned_version
-    _set_pin(session, actor, model, version, "pin")
+    _set_pin(session, actor, model, version, "pin", backend)
     audit.record(session, actor, "model.pin", "model", name, {"from": previous, "to": version})
     return model
 
@@ -239,11 +261,13 @@ def unpin(session: Session, actor: Actor, name: str) -> RegisteredModel:
     return model
 
 
-def set_alias(session: Session, actor: Actor, name: str, alias: str, version: int) -> RegisteredModel:
-    """Create alias, or move it, to version."""
+def set_alias(
+    session: Session, actor: Actor, name: str, alias: str, version: int, backend: str | None = None
+) -> RegisteredModel:
+    """Create alias, or move it, to version (served with backend, if given)."""
     model = _locked_model(session, actor.project, name)
     _existing_version(session, actor.project, name, version)
-    previous = _set_alias(session, actor, model, alias, version, "alias")
+    previous = _set_alias(session, actor, model, alias, version, "alias", backend)
     audit.record(session, actor, "model.alias", "model", name, {"alias": alias, "from": previous, "to": version})
     return model
 
