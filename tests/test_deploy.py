@@ -40,6 +40,9 @@ def test_compose_services_wire_up_production():
         assert env["VISIONTUNE_BROKER_URL"].startswith("redis://redis:")
         assert "data:/data" in services[name]["volumes"]
     assert services["api"]["environment"]["VISIONTUNE_ADMIN_KEY"].startswith("${VISIONTUNE_ADMIN_KEY:?")
+    [serving_gpu] = services["api"]["deploy"]["resources"]["reservations"]["devices"]
+    assert serving_gpu["capabilities"] == ["gpu"] and serving_gpu["device_ids"] == ["${VISIONTUNE_API_GPU:-0}"]
+    assert "VISIONTUNE_WORKER_GPUS" in services["worker"]["environment"]
     assert {"pgdata", "redisdata", "data"} <= set(compose["volumes"])
 
 

@@ -17,6 +17,14 @@ def test_one_worker_per_gpu_pinned(monkeypatch):
     assert all(argv[-2:] == ["--name", f"gpu{g}"] for (argv, _), g in zip(commands, gpus, strict=True))
 
 
+def test_worker_gpus_can_leave_serving_its_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setenv("VISIONTUNE_WORKER_GPUS", "1, 2,3")
+    assert visible_gpus() == ["1", "2", "3"]
+    monkeypatch.setenv("VISIONTUNE_WORKER_GPUS", "")
+    assert visible_gpus() == ["0", "1", "2", "3"]
+
+
 def test_one_cpu_worker_without_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []

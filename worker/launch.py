@@ -14,7 +14,11 @@ log = logging.getLogger("visiontune.launch")
 
 
 def visible_gpus() -> list[str]:
-    """GPU ids from CUDA_VISIBLE_DEVICES or nvidia-smi, without initialising CUDA in this process."""
+    """GPU ids for training: VISIONTUNE_WORKER_GPUS (e.g. "1,2,3", leaving GPU 0 to serving) when set, else
+    CUDA_VISIBLE_DEVICES, else nvidia-smi; never initialises CUDA in this process."""
+    chosen = os.environ.get("VISIONTUNE_WORKER_GPUS", "").strip()
+    if chosen:
+        return [g.strip() for g in chosen.split(",") if g.strip()]
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
