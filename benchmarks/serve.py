@@ -1,26 +1,44 @@
-"""The served model's in-process ceiling: decode + preprocess + forward, one image per forward against batches
-of 32, directly and through the batcher (concurrent single-image requests, as /predict makes them).
+"""The served model, in process and over HTTP.
 
-    python benchmarks/serve.py                      # prints a table, writes benchmarks/results/serve.json
-    python benchmarks/serve.py --arch resnet18 --image-size 160 --images 64
+In process: decode + preprocess + forward, one image per forward against batches of 32, directly and through the
+batcher (concurrent single-image requests, as /predict makes them). Over HTTP: a real `visiontune api` process
+(SQLite) serving a model trained here for one epoch, single-image requests at several concurrencies; a switch
+(promote, then rollback) under load; and the same checkpoint behind LitServe with its batching on, as a peer.
 
-The model has random weights (speed does not depend on them); the images are 640×480 JPEGs decoded the way
-/predict decodes them. Ratios are against the batch-1 row of the same run. No HTTP here: that is another script.
+    python benchmarks/serve.py                      # prints tables, writes benchmarks/results/serve.json
+    python benchmarks/serve.py --seconds 3 --no-peer
+    python benchmarks/serve.py --no-http --arch resnet18 --image-size 160   # in process only, random weights
+
+Over HTTP the images alternate: real 32×32 CIFAR test PNGs, and JPEG photos made from them by upscaling to
+640×640; the in-process rows use the same images then. In-process-only runs use random weights and 640×480
+JPEGs (speed does not depend on the weights). Client and server share this machine's cores, so the HTTP figures
+include the load generator's own cost. The LitServe peer (benchmarks/_litserve_peer.py; `pip install litserve`,
+else it is reported as missing) gets the same images as JSON base64: its multipart forms fail there. Sweep errors
+(503s past the queue limit) are reported as load shedding; the exit status is 1 only when a request failed
+across the switch or the server died.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import importlib.util
 import io
 import json
 import math
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -28,12 +46,22 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.auth import new_key  # noqa: E402
 from app.config import Settings  # noqa: E402
+from app.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
+from app.migrate import upgrade  # noqa: E402
 from app.ml.backbones import build_model  # noqa: E402
 from app.ml.predictor import LoadedModel  # noqa: E402
+from app.models import Checkpoint  # noqa: E402
 from app.services.prediction import ImageUpload, decode_uploads  # noqa: E402
+from app.services.registry import resolve_version  # noqa: E402
 from app.serving.batcher import Batcher, serving_threads  # noqa: E402
 from app.serving.predictor import TorchPredictor  # noqa: E402
+from tests.factories import cifar_arrays, cifar_imagefolder_zip, png_bytes  # noqa: E402
+from tests.processes import bearer, free_port, python, start, stop, wait_http  # noqa: E402
+from worker.runner import JobRunner  # noqa: E402
+
+MODEL = "bench"
 
 
 def jpegs(n: int, width: int = 640, height: int = 480) -> list[bytes]:
@@ -49,6 +77,20 @@ def jpegs(n: int, width: int = 640, height: int = 480) -> list[bytes]:
     return out
 
 
+def cifar_requests(n: int, side: int = 640) -> list[tuple[str, bytes, str]]:
+    """(filename, bytes, content type) of n images: CIFAR test PNGs alternating with side×side JPEGs of them."""
+    test, _, _ = cifar_arrays("test_batch")
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            out.append((f"{i}.png", png_bytes(test[i]), "image/png"))
+        else:
+            buf = io.BytesIO()
+            Image.fromarray(test[i]).resize((side, side), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+            out.append((f"{i}.jpg", buf.getvalue(), "image/jpeg"))
+    return out
+
+
 def decode(data: list[bytes]) -> list[Image.Image]:
     s = Settings()
     return decode_uploads(
@@ -56,12 +98,16 @@ def decode(data: list[bytes]) -> list[Image.Image]:
     )
 
 
-def direct(predictor: TorchPredictor, data: list[bytes], batch: int) -> float:
-    """Seconds for every image, `batch` per forward, decode and preprocess included (one thread)."""
+def direct(predictor: TorchPredictor, data: list[bytes], batch: int, each: list[float] | None = None) -> float:
+    """Seconds for every image, `batch` per forward, decode and preprocess included (one thread); each, if given,
+    collects the seconds of every forward's step."""
     start = time.perf_counter()
     for i in range(0, len(data), batch):
+        t = time.perf_counter()
         images = decode(data[i : i + batch])
         predictor.predict_batch(torch.stack([predictor.preprocess(img) for img in images]))
+        if each is not None:
+            each.append(time.perf_counter() - t)
     return time.perf_counter() - start
 
 
@@ -99,35 +145,24 @@ def batched(predictor: TorchPredictor, data: list[bytes], clients: int, settings
     return seconds, sizes
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="efficientnet_lite0")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--images", type=int, default=128, help="images per row (a multiple of 32)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per row; the median is reported")
-    parser.add_argument("--device", default="cpu", help="as VISIONTUNE_PREDICT_DEVICE")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
-    args = parser.parse_args()
-
-    settings = Settings()
-    torch.set_num_threads(serving_threads(settings))
-    built = build_model(args.arch, args.classes, "none")
-    meta = {
-        "arch": args.arch,
-        "class_names": [f"c{i}" for i in range(args.classes)],
-        "image_size": args.image_size,
-        "preprocessing": built.preprocessing.as_dict(),
-    }
-    predictor = TorchPredictor(LoadedModel(built.model.state_dict(), meta, args.device))
-    data = jpegs(args.images)
+def in_process(predictor: TorchPredictor, data: list[bytes], repeats: int, settings: Settings) -> list[dict]:
+    """The rows batch 1, batch 32 and batcher-with-32-clients, each the median of `repeats` runs."""
     direct(predictor, data[:32], 32)  # warm-up: allocator, kernels, for both batch sizes
     direct(predictor, data[:4], 1)
     rows = []
     for label, batch in (("batch 1 (one image per forward)", 1), ("batch 32 (direct)", 32)):
-        seconds = statistics.median(direct(predictor, data, batch) for _ in range(args.repeats))
-        rows.append({"row": label, "batch": batch, "seconds": seconds, "images_per_second": len(data) / seconds})
-    runs = sorted((batched(predictor, data, 32, settings) for _ in range(args.repeats)), key=lambda r: r[0])
+        each: list[float] = []
+        seconds = statistics.median(direct(predictor, data, batch, each) for _ in range(repeats))
+        rows.append(
+            {
+                "row": label,
+                "batch": batch,
+                "seconds": seconds,
+                "images_per_second": len(data) / seconds,
+                "p50_ms_per_forward": statistics.median(each) * 1000,
+            }
+        )
+    runs = sorted((batched(predictor, data, 32, settings) for _ in range(repeats)), key=lambda r: r[0])
     seconds, sizes = runs[len(runs) // 2]
     rows.append(
         {
@@ -140,16 +175,267 @@ def main() -> int:
         }
     )
     base = rows[0]["images_per_second"]
-    print(
-        f"{args.arch} at {args.image_size} px on {args.device}, {args.images} JPEGs 640x480, "
-        f"{torch.get_num_threads()} threads, median of {args.repeats}"
-    )
-    print(f"{'row':42}  {'images/s':>9}  {'vs batch 1':>10}  {'forwards':>8}")
     for row in rows:
         row["ratio_vs_batch1"] = row["images_per_second"] / base
-        forwards = row.get("forwards", math.ceil(args.images / row["batch"]))
-        print(f"{row['row']:42}  {row['images_per_second']:9.1f}  {row['ratio_vs_batch1']:9.2f}x  {forwards:8}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+        row.setdefault("forwards", math.ceil(len(data) / row["batch"]))
+    return rows
+
+
+# --- over HTTP ---------------------------------------------------------------------------------------------
+
+
+class Server:
+    """A `visiontune api` process on a fresh SQLite database, its admin key, and a runner on the same database."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.key = new_key()
+        db = f"sqlite:///{workdir / 'vt.db'}"
+        upgrade(db)
+        broker = os.environ.get("VISIONTUNE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+        queue = f"bench-{uuid.uuid4().hex[:8]}"  # nobody consumes it: the jobs are trained in this process
+        env = {
+            "VISIONTUNE_DATA_DIR": str(workdir / "data"),
+            "VISIONTUNE_DATABASE_URL": db,
+            "VISIONTUNE_ADMIN_KEY": self.key,
+            "VISIONTUNE_BROKER_URL": broker,
+            "VISIONTUNE_QUEUE": queue,
+            "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
+            "VISIONTUNE_RATE_LIMIT_PREDICT": "1000000/minute",
+        }
+        self.settings = Settings(
+            data_dir=workdir / "data", database_url=db, admin_key=self.key, broker_url=broker, queue=queue
+        )
+        self.port = free_port()
+        self.log = workdir / "api.log"
+        self.proc = start(python("-m", "app.cli", "api", "--port", str(self.port)), env, self.log)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.headers = bearer(self.key)
+        wait_http(f"{self.base}/health", self.proc, self.log)
+
+    def train_versions(self, workdir: Path, arch: str, image_size: int, count: int) -> list[tuple[Path, str]]:
+        """count versions of MODEL (linear probe, one epoch on 3 CIFAR classes); their checkpoints, version 1 first."""
+        archive = workdir / "cifar3.zip"
+        cifar_imagefolder_zip(archive, train_per_class=40)
+        with httpx.Client(base_url=self.base, headers=self.headers, timeout=120) as c:
+            r = c.post("/datasets", files={"file": ("cifar3.zip", archive.read_bytes(), "application/zip")})
+            r.raise_for_status()
+            body = {
+                "dataset_id": r.json()["id"],
+                "model_name": MODEL,
+                "arch": arch,
+                "strategy": "linear",
+                "epochs": 1,
+                "image_size": image_size,
+                "batch_size": 32,
+                "val_fraction": 0.2,
+            }
+            engine = make_engine(self.settings.resolved_database_url())
+            factory = make_sessionmaker(engine)
+            runner = JobRunner(self.settings, factory, worker_id="bench")
+            out = []
+            try:
+                for v in range(1, count + 1):
+                    job = c.post("/jobs", json={**body, "learning_rate": 0.01 * v})
+                    job.raise_for_status()
+                    outcome = runner.run(uuid.UUID(job.json()["id"]))
+                    if outcome != "succeeded":
+                        raise SystemExit(f"training version {v}: {outcome}")
+                    with session_scope(factory) as session:
+                        chosen = resolve_version(session, "default", MODEL, v)
+                        ck = session.get(Checkpoint, chosen.checkpoint_id)
+                        assert ck is not None
+                        out.append((Path(ck.path), ck.sha256))
+            finally:
+                engine.dispose()
+        return out
+
+
+ERROR_SAMPLES: dict[str, list[str]] = {}  # the first few failures per URL, for the JSON
+Switch = Callable[[httpx.AsyncClient, float], Awaitable[list[dict]]]
+
+
+async def _load(
+    url: str,
+    images: list[tuple[str, bytes, str]],
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    form: dict[str, str] | None = None,
+    switch: Switch | None = None,
+    as_json: bool = False,
+) -> tuple[float, list[tuple[float, float, int, int | None]], list[dict]]:
+    """`concurrency` clients sending one image per request for `seconds`: (wall, [(sent, latency, status,
+    version)], switch events); switch, if given, runs beside them with its own client."""
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+    results: list[tuple[float, float, int, int | None]] = []
+    events: list[dict] = []
+    samples = ERROR_SAMPLES.setdefault(url, [])
+    encoded = [base64.b64encode(data).decode() for _, data, _ in images] if as_json else []
+    async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as client:
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+
+        async def one(i: int) -> None:
+            n = i
+            while time.perf_counter() < deadline:
+                name, data, ctype = images[n % len(images)]
+                sent = time.perf_counter()
+                try:
+                    if as_json:  # the LitServe peer: see benchmarks/_litserve_peer.py for why not multipart
+                        r = await client.post(url, json={"filename": name, "image": encoded[n % len(images)]})
+                    else:
+                        r = await client.post(url, files={"files": (name, data, ctype)}, data=form)
+                    status = r.status_code
+                    version = r.json().get("version") if status == 200 else None
+                    if status != 200 and len(samples) < 3:
+                        samples.append(f"{status} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    status, version = 0, None
+                    if len(samples) < 3:
+                        samples.append(repr(exc)[:200])
+                results.append((sent - t0, time.perf_counter() - sent, status, version))
+                n += concurrency
+
+        tasks = [one(i) for i in range(concurrency)]
+        if switch is not None:
+
+            async def run_switch() -> None:
+                events.extend(await switch(client, t0))
+
+            tasks.append(run_switch())
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    return wall, results, events
+
+
+def summarize(label: str, concurrency: int, wall: float, results: list) -> dict:
+    ok = sorted(lat for _, lat, status, _ in results if status == 200)
+    errors = Counter(str(status) for _, _, status, _ in results if status != 200)
+
+    def pct(q: float) -> float | None:
+        return ok[min(len(ok) - 1, int(q * len(ok)))] * 1000 if ok else None
+
+    return {
+        "server": label,
+        "concurrency": concurrency,
+        "seconds": round(wall, 2),
+        "requests": len(results),
+        "ok": len(ok),
+        "errors": sum(errors.values()),
+        "errors_by_status": dict(errors),
+        "requests_per_second": len(ok) / wall,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+    }
+
+
+def sweep(label: str, url: str, images, levels, seconds, headers=None, form=None, as_json=False) -> list[dict]:
+    asyncio.run(_load(url, images, 8, 1.0, headers, form, as_json=as_json))  # warm-up: model load, connections
+    rows = []
+    for c in levels:
+        row = summarize(label, c, *asyncio.run(_load(url, images, c, seconds, headers, form, as_json=as_json))[:2])
+        rows.append(row)
+        print(
+            f"  {label:10} c={c:<3} {row['requests_per_second']:7.1f} req/s  p50 {row['p50_ms'] or 0:7.1f} ms  "
+            f"p99 {row['p99_ms'] or 0:7.1f} ms  errors {row['errors']}",
+            flush=True,
+        )
+    return rows
+
+
+def switch_under_load(server: Server, images, concurrency: int, seconds: float, other: int) -> dict:
+    """Promote `other` a third of the way in and roll back at two thirds, while clients send /predict."""
+
+    async def switch(c: httpx.AsyncClient, t0: float) -> list[dict]:
+        events = []
+        for at, label, path in (
+            (seconds / 3, "promote", f"/models/{MODEL}/versions/{other}/promote"),
+            (2 * seconds / 3, "rollback", f"/models/{MODEL}/rollback"),
+        ):
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            began = time.perf_counter() - t0
+            r = await c.post(f"{server.base}{path}")
+            events.append(
+                {"switch": label, "status": r.status_code, "began_s": began, "done_s": time.perf_counter() - t0}
+            )
+        return events
+
+    url = f"{server.base}/predict"
+    wall, results, events = asyncio.run(
+        _load(url, images, concurrency, seconds, server.headers, {"model": MODEL}, switch)
+    )
+    row = summarize("visiontune", concurrency, wall, results)
+    # Which version answered in each window between switches (requests sent while one was in flight excluded).
+    bounds = [0.0] + [t for e in events for t in (e["began_s"], e["done_s"])] + [math.inf]
+    windows = []
+    for i, label in enumerate(["before", *(f"after {e['switch']}" for e in events)]):
+        lo, hi = bounds[2 * i], bounds[2 * i + 1]
+        seen = Counter(v for sent, _, s, v in results if s == 200 and lo < sent < hi)
+        windows.append({"window": label, "versions": {str(k): n for k, n in sorted(seen.items())}})
+    return {**row, "switches": events, "windows": windows, "failed": row["errors"]}
+
+
+def peer(checkpoint: Path, images, levels, seconds, workdir: Path) -> dict:
+    """The same checkpoint behind LitServe (batching on), at the same concurrencies, or why not."""
+    if importlib.util.find_spec("litserve") is None:
+        return {"available": False, "why": "litserve is not installed (pip install litserve)", "rows": []}
+    port, log = free_port(), workdir / "litserve.log"
+    proc = start(
+        python(str(REPO / "benchmarks" / "_litserve_peer.py"), "--checkpoint", str(checkpoint), "--port", str(port)),
+        {},
+        log,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, deadline_s=120)
+        rows = sweep("litserve", f"http://127.0.0.1:{port}/predict", images, levels, seconds, as_json=True)
+    finally:
+        stop(proc)
+    import litserve
+
+    return {
+        "available": True,
+        "version": litserve.__version__,
+        "max_batch_size": 32,
+        "batch_timeout_s": 0.005,
+        "transport": "fast_queue (ZeroMQ); its default queues took ~1.4 s per lone request here",
+        "rows": rows,
+    }
+
+
+def print_in_process(rows: list[dict]) -> None:
+    print(f"{'in process':42}  {'images/s':>9}  {'vs batch 1':>10}  {'forwards':>8}")
+    for row in rows:
+        print(f"{row['row']:42}  {row['images_per_second']:9.1f}  {row['ratio_vs_batch1']:9.2f}x  {row['forwards']:8}")
+
+
+def print_http(rows: list[dict]) -> None:
+    print(f"\n{'over HTTP':12} {'conc.':>5}  {'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'requests':>8}  errors")
+    for r in rows:
+        print(
+            f"{r['server']:12} {r['concurrency']:5}  {r['requests_per_second']:8.1f}  {r['p50_ms'] or math.nan:8.1f}  "
+            f"{r['p99_ms'] or math.nan:8.1f}  {r['requests']:8}  {r['errors']} {r['errors_by_status'] or ''}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="efficientnet_lite0")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--classes", type=int, default=10, help="in-process-only runs (--no-http)")
+    parser.add_argument("--images", type=int, default=128, help="images per in-process row (a multiple of 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per in-process row; the median is reported")
+    parser.add_argument("--device", default="cpu", help="as VISIONTUNE_PREDICT_DEVICE (in process)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="load per concurrency level over HTTP")
+    parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated client counts")
+    parser.add_argument("--no-http", action="store_true", help="in process only (random weights)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the LitServe peer")
+    parser.add_argument("--no-switch", action="store_true", help="skip the promote/rollback under load")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    settings = Settings()
+    torch.set_num_threads(serving_threads(settings))
     env = {
         "arch": args.arch,
         "image_size": args.image_size,
@@ -158,9 +444,115 @@ def main() -> int:
         "device": args.device,
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
     }
-    args.out.write_text(json.dumps({"config": env, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    result: dict = {"config": env}
+    if args.no_http:
+        built = build_model(args.arch, args.classes, "none")
+        meta = {
+            "arch": args.arch,
+            "class_names": [f"c{i}" for i in range(args.classes)],
+            "image_size": args.image_size,
+            "preprocessing": built.preprocessing.as_dict(),
+        }
+        predictor = TorchPredictor(LoadedModel(built.model.state_dict(), meta, args.device))
+        rows = in_process(predictor, jpegs(args.images), args.repeats, settings)
+        print(
+            f"{args.arch} at {args.image_size} px on {args.device}, {args.images} JPEGs 640x480, random weights, "
+            f"{torch.get_num_threads()} threads, median of {args.repeats}"
+        )
+        print_in_process(rows)
+        result["rows"] = rows
+        return write(args.out, result)
+
+    images = cifar_requests(args.images)
+    env.update(
+        {
+            "images_kind": "alternating 32x32 CIFAR test PNGs and 640x640 JPEGs upscaled from them",
+            "seconds_per_level": args.seconds,
+            "concurrency": levels,
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        server = Server(tmp)
+        try:
+            t = time.perf_counter()
+            checkpoints = server.train_versions(tmp, args.arch, args.image_size, 1 if args.no_switch else 2)
+            env["training_seconds"] = round(time.perf_counter() - t, 1)
+            print(
+                f"trained {len(checkpoints)} version(s) of {MODEL} ({args.arch} linear, 1 epoch, "
+                f"{args.image_size} px) in {env['training_seconds']} s",
+                flush=True,
+            )
+
+            predictor = TorchPredictor(LoadedModel.from_file(*checkpoints[0], device=args.device))
+            rows = in_process(predictor, [d for _, d, _ in images], args.repeats, settings)
+            del predictor
+            print(
+                f"{args.arch} at {args.image_size} px on {args.device}, {args.images} images ({env['images_kind']}), "
+                f"{torch.get_num_threads()} threads, median of {args.repeats}"
+            )
+            print_in_process(rows)
+            result["rows"] = rows
+
+            print("\nover HTTP:", flush=True)
+            with httpx.Client(base_url=server.base, headers=server.headers, timeout=30) as c:
+                serving = c.get(f"/models/{MODEL}").json()["serving_version"]
+            http = sweep(
+                "visiontune", f"{server.base}/predict", images, levels, args.seconds, server.headers, {"model": MODEL}
+            )
+            result["http"] = http
+            if not args.no_switch:
+                other = 2 if serving == 1 else 1
+                sw = switch_under_load(server, images, 32, max(6.0, args.seconds), other)
+                result["switch"] = sw
+                print(
+                    f"  switch at c=32 (promote v{other}, then roll back): {sw['requests']} requests, "
+                    f"{sw['failed']} failed; versions per window: "
+                    + "; ".join(f"{w['window']} {w['versions']}" for w in sw["windows"]),
+                    flush=True,
+                )
+            alive = server.proc.poll() is None
+        finally:
+            stop(server.proc)
+        result["server_alive_after"] = alive
+        result["peer"] = (
+            {"available": False, "why": "skipped (--no-peer)", "rows": []}
+            if args.no_peer
+            else peer(checkpoints[0][0], images, levels, args.seconds, tmp)
+        )
+        if not result["peer"]["available"]:
+            print(f"\nLitServe peer: {result['peer']['why']}")
+
+    print_http(http + result["peer"]["rows"])
+    by_c = {r["concurrency"]: r for r in http}
+    # The batch-1 latency is the median of its single-image steps: less hurt by a neighbour's burst than the mean.
+    ceiling, batch1 = rows[1]["images_per_second"], rows[0]["p50_ms_per_forward"]
+    ratios: dict = {"in_process_batch32_images_per_second": ceiling, "in_process_batch1_p50_ms": batch1}
+    if 32 in by_c:
+        ratios["http_c32_vs_batch32_ceiling"] = by_c[32]["requests_per_second"] / ceiling
+    if 1 in by_c and by_c[1]["p50_ms"] is not None:
+        ratios["http_c1_p50_minus_batch1_ms"] = by_c[1]["p50_ms"] - batch1
+    peer_c = {r["concurrency"]: r for r in result["peer"]["rows"]}
+    if 32 in by_c and 32 in peer_c and peer_c[32]["requests_per_second"]:
+        ratios["visiontune_vs_litserve_c32_throughput"] = (
+            by_c[32]["requests_per_second"] / peer_c[32]["requests_per_second"]
+        )
+    result["ratios"] = ratios
+    result["error_samples"] = {url: found for url, found in ERROR_SAMPLES.items() if found}
+    for url, found in result["error_samples"].items():
+        print(f"first errors from {url}: {found}")
+    print("\n" + "\n".join(f"{k:42} {v:8.2f}" for k, v in ratios.items()))
+    code = write(args.out, result)
+    # Errors in the sweep (503s past the queue limit) are load shedding, reported; a failed switch is a bug.
+    return 1 if result.get("switch", {}).get("failed", 0) or not alive else code
+
+
+def write(out: Path, result: dict) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
     return 0
 
 
