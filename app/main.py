@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -52,9 +54,16 @@ def bootstrap_admin_key(factory: sessionmaker[Session], secret: bytes, plaintext
         )
     from app.services.keys import ensure_admin_key
 
-    with session_scope(factory) as session:
-        if ensure_admin_key(session, secret, plaintext):
-            log.info("made the admin key from VISIONTUNE_ADMIN_KEY")
+    for attempt in range(10):
+        try:
+            with session_scope(factory) as session:
+                if ensure_admin_key(session, secret, plaintext):
+                    log.info("made the admin key from VISIONTUNE_ADMIN_KEY")
+            return
+        except OperationalError:  # SQLite: API processes starting together collide on the write lock
+            if attempt == 9:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _error(status: int, code: str, message: str, details: object = None) -> JSONResponse:

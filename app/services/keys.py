@@ -136,7 +136,11 @@ def ensure_admin_key(session: Session, secret: bytes, plaintext: str, name: str 
     if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(secret, plaintext))) is not None:
         return False
     actor = Actor(project=DEFAULT_PROJECT, scopes=frozenset({ADMIN}), name="server start-up")
-    create_key(session, secret, actor, name, [ADMIN], DEFAULT_PROJECT, plaintext=plaintext)
+    try:
+        with session.begin_nested():
+            create_key(session, secret, actor, name, [ADMIN], DEFAULT_PROJECT, plaintext=plaintext)
+    except (Conflict, IntegrityError):  # another API process starting at the same moment made it first
+        return False
     return True
 
 
