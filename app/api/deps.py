@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.auth import ADMIN, PREDICT, READ, TRAIN, Actor, is_loopback
@@ -42,7 +43,13 @@ def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredential
         row = keys.authenticate(session, request.app.state.secret, credentials.credentials.strip())
         if row is None:
             raise Unauthorized("the API key is unknown, revoked or expired")
-        actor = keys.actor_for(row)
+        actor, stale = keys.actor_for(row), keys.last_used_is_stale(row)
+    if stale:  # a read-only check above; the last-used time in a write of its own, best effort
+        try:
+            with session_scope(request.app.state.sessionmaker) as session:
+                keys.touch(session, row.id)
+        except OperationalError:  # SQLite busy under concurrent writers: the next use records it
+            pass
     request.state.actor = actor
     return actor
 

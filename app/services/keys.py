@@ -6,7 +6,7 @@ import hmac
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -122,9 +122,22 @@ def authenticate(session: Session, secret: bytes, token: str) -> ApiKey | None:
     now = datetime.now(UTC)
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        row.last_used_at = now
     return row
+
+
+def last_used_is_stale(row: ApiKey) -> bool:
+    return row.last_used_at is None or datetime.now(UTC) - row.last_used_at > LAST_USED_RESOLUTION
+
+
+def touch(session: Session, key_id: uuid.UUID) -> None:
+    """Record that a key was used now (at most once per LAST_USED_RESOLUTION; a conditional UPDATE)."""
+    now = datetime.now(UTC)
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION))
+        .values(last_used_at=now)
+    )
 
 
 def actor_for(row: ApiKey) -> Actor:
