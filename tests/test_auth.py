@@ -158,9 +158,11 @@ def test_no_plaintext_key_after_creation(client, settings, caplog):
     created = make_key(client, ["read"], name="secretive")
     plaintext = created["key"]
     assert plaintext.startswith("vt_") and len(plaintext) == 46  # 32 random bytes, URL-safe base64
-    # Usable, and what it shows afterwards never includes it.
+    # Usable, and what it shows afterwards never includes it; its use is recorded.
     assert client.get("/datasets", headers=bearer(plaintext)).status_code == 200
     listed = client.get("/keys").text
+    [shown] = [k for k in client.get("/keys", params={"limit": 500}).json()["items"] if k["id"] == created["id"]]
+    assert shown["last_used_at"] is not None
     assert created["id"] in listed and plaintext not in listed
     assert plaintext not in client.get("/audit").text
     # Not in any table: only its keyed hash is.
