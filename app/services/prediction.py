@@ -16,8 +16,8 @@ from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.ml.data import DatasetFormatError, ImageTooLarge, UnreadableImage, decode_image, image_dimensions
 from app.ml.predictor import LoadedModel, ModelCache
-from app.models import Checkpoint, Export, ExportStatus, ModelVersion
-from app.services.registry import resolve_target, resolve_version
+from app.models import Checkpoint, Export, ExportStatus
+from app.services.registry import resolve_target
 from app.serving.onnx import BACKEND_OF_FORMAT, OnnxPredictor
 from app.serving.predictor import Predictor, TorchPredictor
 
@@ -167,11 +167,6 @@ def resolve_served(
     )
 
 
-def load_served(cache: ModelCache, served: ServedVersion, device: str) -> LoadedModel:
-    """The version's weights, loaded once per checkpoint (verified against its sha256), then reused."""
-    return cache.get(served.checkpoint_id, lambda: LoadedModel.from_file(served.path, served.sha256, device))
-
-
 def load_predictor(cache: ModelCache, served: ServedVersion, device: str, threads: int | None = None) -> Predictor:
     """The predictor of the served version's backend, loaded once (files checked by sha256), then reused."""
     if served.export_path is None or served.export_meta is None:
@@ -180,15 +175,3 @@ def load_predictor(cache: ModelCache, served: ServedVersion, device: str, thread
         )
     path, meta, digest = served.export_path, served.export_meta, served.export_sha256
     return cache.get(served.cache_key, lambda: OnnxPredictor(path, meta, served.backend, digest, threads, device))
-
-
-def select_model(
-    session: Session, cache: ModelCache, project: str, name: str | None, version: int | None, device: str
-) -> tuple[ModelVersion, LoadedModel]:
-    """The project's version to serve and its loaded weights (loaded once per checkpoint, then reused)."""
-    chosen = resolve_version(session, project, name, version)
-    checkpoint = session.get(Checkpoint, chosen.checkpoint_id)
-    assert checkpoint is not None  # FK
-    path, digest = checkpoint.path, checkpoint.sha256
-    loaded = cache.get(str(checkpoint.id), lambda: LoadedModel.from_file(Path(path), digest, device))
-    return chosen, loaded
