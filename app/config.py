@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     predict_latency_budget_ms: float = Field(
         default=2000.0, gt=0, description="A /predict request that would wait longer than this is refused (503)"
     )
+    predict_isolation: Literal["process", "thread"] = Field(
+        default="process",
+        description="Where /predict's forward runs: a model-host process per API process (never competing with "
+        "request threads for the GIL), or a thread of the API process",
+    )
+    predict_lookup_ttl_ms: float = Field(
+        default=1000.0,
+        ge=0,
+        description="How long an API process keeps what a model name serves before reading it again (a change made "
+        "through that process is seen at once; others, such as a better job, within this)",
+    )
     predict_threads: int | None = Field(
         default=None, ge=1, description="Intra-op threads of the inference thread (torch_threads, else the cores)"
     )

@@ -25,7 +25,8 @@ from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
-from app.serving.batcher import Batcher
+from app.serving.batcher import Batcher, serving_threads
+from app.serving.host import ModelHost
 from app.serving.targets import ServingTargets
 
 log = logging.getLogger("visiontune.api")
@@ -157,8 +158,13 @@ def create_app(
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
-        app.state.model_cache = ModelCache()
-        app.state.serving_targets = ServingTargets(app.state.model_cache)
+        # The forward runs in a model-host process of this API process's own (started on the first prediction).
+        host = ModelHost(serving_threads(settings)) if settings.predict_isolation == "process" else None
+        app.state.model_host = host
+        app.state.model_cache = ModelCache(on_evict=(lambda key, _p: host.drop(key)) if host is not None else None)
+        app.state.serving_targets = ServingTargets(
+            app.state.model_cache, host, lookup_ttl_s=settings.predict_lookup_ttl_ms / 1000
+        )
         app.state.enqueue = enqueue or celery_enqueue(settings)
         app.state.enqueue_export = enqueue_export or celery_enqueue_export(settings)
         app.state.secret = server_secret(settings)
@@ -174,6 +180,8 @@ def create_app(
             yield
         finally:
             app.state.batcher.close()
+            if host is not None:
+                host.close()
             engine.dispose()
 
     app = FastAPI(

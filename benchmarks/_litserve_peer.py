@@ -43,7 +43,8 @@ class CheckpointAPI(ls.LitAPI):
     def decode_request(self, request: dict) -> torch.Tensor:
         data = base64.b64decode(request["image"])
         s = self.settings
-        image = decode_uploads([ImageUpload(request.get("filename"), data)], 1, s.max_predict_image_bytes)[0]
+        upload = [ImageUpload(request.get("filename"), data)]
+        image = decode_uploads(upload, 1, s.max_predict_image_bytes, draft_side=self.model.image_size)[0]
         return self.model.preprocess(image)
 
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:

@@ -91,11 +91,11 @@ def cifar_requests(n: int, side: int = 640) -> list[tuple[str, bytes, str]]:
     return out
 
 
-def decode(data: list[bytes]) -> list[Image.Image]:
+def decode(data: list[bytes], side: int) -> list[Image.Image]:
+    """As /predict decodes for a model taking side×side inputs (JPEGs at reduced scale where that covers it)."""
     s = Settings()
-    return decode_uploads(
-        [ImageUpload(f"{i}.jpg", d) for i, d in enumerate(data)], len(data), s.max_predict_image_bytes
-    )
+    uploads = [ImageUpload(f"{i}.jpg", d) for i, d in enumerate(data)]
+    return decode_uploads(uploads, len(data), s.max_predict_image_bytes, draft_side=side)
 
 
 def direct(predictor: TorchPredictor, data: list[bytes], batch: int, each: list[float] | None = None) -> float:
@@ -104,7 +104,7 @@ def direct(predictor: TorchPredictor, data: list[bytes], batch: int, each: list[
     start = time.perf_counter()
     for i in range(0, len(data), batch):
         t = time.perf_counter()
-        images = decode(data[i : i + batch])
+        images = decode(data[i : i + batch], predictor.image_size)
         predictor.predict_batch(torch.stack([predictor.preprocess(img) for img in images]))
         if each is not None:
             each.append(time.perf_counter() - t)
@@ -131,7 +131,7 @@ def batched(predictor: TorchPredictor, data: list[bytes], clients: int, settings
                 if not todo:
                     return
                 i = todo.pop()
-            batcher.submit_images("m", predictor, decode([data[i]])).result()
+            batcher.submit_images("m", predictor, decode([data[i]], predictor.image_size)).result()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()

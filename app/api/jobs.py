@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from app.api.deps import ReadCaller, SessionDep, SettingsDep, TrainCaller
 from app.api.docs import errors
+from app.db import after_commit
 from app.models import Job
 from app.schemas import MAX_OFFSET, CheckpointOut, EpochOut, JobCreate, JobDetail, JobMetrics, JobSummary, Page
 from app.services import jobs as service
@@ -84,9 +85,12 @@ def get_job(job_id: uuid.UUID, caller: ReadCaller, session: SessionDep) -> JobDe
 
 
 @router.delete("/{job_id}", status_code=204, responses=errors(404, 409, 429))
-def delete_job(job_id: uuid.UUID, caller: TrainCaller, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_job(
+    job_id: uuid.UUID, caller: TrainCaller, session: SessionDep, settings: SettingsDep, request: Request
+) -> Response:
     """Delete a finished job with its epochs, checkpoint files and model version (a pin on it is lifted)."""
     service.delete_job(session, settings, caller, job_id)
+    after_commit(session, request.app.state.serving_targets.forget)
     return Response(status_code=204)
 
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from app.api.deps import ReadCaller, SessionDep, TrainCaller
 from app.api.docs import errors
+from app.db import after_commit
 from app.models import RegisteredModel
 from app.schemas import (
     ALIAS_PATTERN,
@@ -94,9 +95,11 @@ def set_alias(
 
 
 @router.delete("/{name}/aliases/{alias}", response_model=ModelOut, responses=errors(404, 429))
-def delete_alias(name: ModelName, alias: Alias, caller: TrainCaller, session: SessionDep) -> ModelOut:
+def delete_alias(name: ModelName, alias: Alias, caller: TrainCaller, session: SessionDep, request: Request) -> ModelOut:
     """Remove an alias."""
-    return to_out(session, registry.delete_alias(session, caller, name, alias))
+    model = registry.delete_alias(session, caller, name, alias)
+    after_commit(session, request.app.state.serving_targets.forget)
+    return to_out(session, model)
 
 
 @router.get("/{name}/history", response_model=Page[ServingChangeOut], responses=errors(404))
@@ -124,5 +127,8 @@ def rollback(
 
 
 def warm(request: Request, session: SessionDep, project: str, ref: str) -> None:
-    """Load and warm the new serving target in this process before the change commits (see app/serving)."""
-    request.app.state.serving_targets.warm(session, request.app.state.settings, project, ref)
+    """Load and warm the new serving target in this process before the change commits (see app/serving); once
+    it has committed, this process's /predict sees it at once."""
+    targets = request.app.state.serving_targets
+    targets.warm(session, request.app.state.settings, project, ref)
+    after_commit(session, targets.forget)

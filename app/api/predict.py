@@ -7,9 +7,8 @@ from fastapi import APIRouter, Request
 from app.api.deps import PredictCaller, SettingsDep
 from app.api.docs import errors
 from app.api.uploads import PREDICT_OPENAPI, read_predict_request
-from app.db import session_scope
 from app.schemas import ImagePrediction, LabelScore, PredictResponse
-from app.services.prediction import decode_uploads, load_predictor, resolve_served
+from app.services.prediction import check_uploads, decode_uploads
 from app.serving.predictor import top_labels
 
 router = APIRouter(tags=["predict"])
@@ -30,24 +29,26 @@ def predict(request: Request, caller: PredictCaller, settings: SettingsDep) -> P
     blocking `Future.result()` here. An async route would hop to a thread for each of those steps and gain
     nothing on the CPU. No database session is held past the version lookup, so none is held during inference.
     """
-    # The body is read only here, after the dependencies (the key check) passed, each image and all bounded.
+    # The body is read only here, after the dependencies (the key check) passed, each image and all bounded; every
+    # image's header is checked before the version is looked up or any model loaded.
     form = read_predict_request(request, settings)
+    limits = {"max_pixels": settings.max_predict_pixels, "max_request_pixels": settings.max_predict_request_pixels}
+    check_uploads(form.images, settings.max_predict_images, settings.max_predict_image_bytes, **limits)
+    device = settings.resolved_predict_device()
+    targets = request.app.state.serving_targets
+    served = targets.resolve(
+        request.app.state.sessionmaker, caller.project, form.model, form.version, settings.predict_backend, device
+    )
+    threads = settings.predict_threads or settings.torch_threads
+    # A switch of target (promotion, alias move, rollback, better job) takes traffic once the new one is warm.
+    target = (caller.project, form.model) if form.version is None else (caller.project, form.model, form.version)
+    served, predictor = targets.predictor_for(target, served, lambda s: targets.load(s, device, threads))
     images = decode_uploads(
         form.images,
         settings.max_predict_images,
         settings.max_predict_image_bytes,
-        max_pixels=settings.max_predict_pixels,
-        max_request_pixels=settings.max_predict_request_pixels,
-    )
-    device = settings.resolved_predict_device()
-    with session_scope(request.app.state.sessionmaker) as session:
-        served = resolve_served(session, caller.project, form.model, form.version, settings.predict_backend, device)
-    threads = settings.predict_threads or settings.torch_threads
-    cache = request.app.state.model_cache
-    # A switch of target (promotion, alias move, rollback, better job) takes traffic once the new one is warm.
-    target = (caller.project, form.model) if form.version is None else (caller.project, form.model, form.version)
-    served, predictor = request.app.state.serving_targets.predictor_for(
-        target, served, lambda s: load_predictor(cache, s, device, threads)
+        **limits,
+        draft_side=predictor.image_size,
     )
     probs = request.app.state.batcher.submit_images(served.cache_key, predictor, images).result()
     results = top_labels(probs, predictor.class_names, form.top_k)

@@ -124,19 +124,26 @@ def image_dimensions(source: Path | bytes | Any, max_pixels: int = DEFAULT_MAX_I
 
 
 def decode_image(
-    source: Path | bytes | Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_side: int | None = None
+    source: Path | bytes | Any,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_side: int | None = None,
+    *,
+    draft_side: int | None = None,
 ) -> Image.Image:
     """Decode the first frame of an image as RGB, refusing more than max_pixels from its header.
 
     With max_side, the result is shrunk so its shorter side is at most max_side and its longer side at most
-    4 x max_side (JPEGs are decoded at reduced scale). Raises ImageTooLarge / UnreadableImage (DatasetFormatError).
+    4 x max_side (JPEGs are decoded at reduced scale). draft_side (at most max_side) lets a JPEG decode at a scale
+    down to the one that still covers draft_side x draft_side. Raises ImageTooLarge / UnreadableImage
+    (DatasetFormatError).
     Animated GIF/WebP/PNG and multi-page TIFF: only the first frame is ever decoded (nothing seeks).
     """
     with _open_image(source, max_pixels) as img:
         fmt = img.format
         try:
-            if max_side and fmt in ("JPEG", "MPO"):
-                img.draft("RGB", (max_side, max_side))
+            if (draft_side or max_side) and fmt in ("JPEG", "MPO"):
+                side = min(n for n in (draft_side, max_side) if n)
+                img.draft("RGB", (side, side))
             img.load()
             rgb = img.convert("RGB")
         except DatasetFormatError:

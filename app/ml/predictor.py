@@ -8,13 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from PIL import Image
 
 from app.ml.backbones import Preprocessing, build_model
 from app.ml.checkpoint import load_checkpoint
-from app.ml.transforms import eval_transform, normalize_batch
+from app.ml.transforms import eval_transform, image_to_tensor, normalize_batch
 
 
 class LoadedModel:
@@ -39,8 +38,7 @@ class LoadedModel:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One image as the C×H×W uint8 tensor the model takes: shorter side to image_size, centre square."""
-        rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-        return self.transform(rgb)
+        return image_to_tensor(image, self.transform)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -66,8 +64,9 @@ T = TypeVar("T")
 class ModelCache:
     """Loaded models (or predictors) by key, least recently used evicted; loads happen once under concurrency."""
 
-    def __init__(self, capacity: int = 4) -> None:
+    def __init__(self, capacity: int = 4, on_evict: Callable[[str, Any], None] | None = None) -> None:
         self.capacity = capacity
+        self.on_evict = on_evict
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -91,12 +90,16 @@ class ModelCache:
                 if key in self._models:
                     return self._models[key]
             model = load()
+            evicted = []
             with self._lock:
                 self._models[key] = model
                 self._models.move_to_end(key)
                 while len(self._models) > self.capacity:
-                    self._models.popitem(last=False)
+                    evicted.append(self._models.popitem(last=False))
                 self._loading.pop(key, None)
+            if self.on_evict is not None:
+                for old_key, old in evicted:
+                    self.on_evict(old_key, old)
             return model
 
     def __len__(self) -> int:

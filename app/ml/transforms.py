@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
@@ -14,6 +16,12 @@ def eval_transform(image_size: int, interpolation: str = "bilinear") -> Callable
     """Shorter side to image_size, then the centre square: deterministic, for validation, test and serving."""
     mode = _INTERPOLATION.get(interpolation, InterpolationMode.BILINEAR)
     return v2.Compose([v2.Resize(image_size, interpolation=mode, antialias=True), v2.CenterCrop(image_size)])
+
+
+def image_to_tensor(image: Image.Image, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A decoded image as the C×H×W uint8 tensor a model takes, through its eval transform."""
+    rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+    return transform(rgb)
 
 
 def normalize_batch(

@@ -15,11 +15,12 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.ml.data import DatasetFormatError, ImageTooLarge, UnreadableImage, decode_image, image_dimensions
-from app.ml.predictor import LoadedModel, ModelCache
+from app.ml.predictor import ModelCache
 from app.models import Checkpoint, Export, ExportStatus
 from app.services.registry import resolve_target
-from app.serving.onnx import BACKEND_OF_FORMAT, OnnxPredictor
-from app.serving.predictor import Predictor, TorchPredictor
+from app.serving.host import ModelHost, ModelSpec, load_local
+from app.serving.onnx import BACKEND_OF_FORMAT
+from app.serving.predictor import Predictor
 
 
 @dataclass
@@ -42,20 +43,16 @@ def _shown(filename: str | None) -> str:
     return name if len(name) <= 100 else name[:100] + "..."
 
 
-def decode_uploads(
+def check_uploads(
     uploads: list[ImageUpload],
     max_images: int,
     max_bytes: int,
     *,
     max_pixels: int = _setting("max_predict_pixels"),
     max_request_pixels: int = _setting("max_predict_request_pixels"),
-    max_side: int = PREDICT_MAX_SIDE,
-) -> list[Image.Image]:
-    """PIL images for every upload; 422 when there are none, 413/415 naming the offending file.
-
-    Every header is checked (max_pixels per image, max_request_pixels together) before any image is decoded;
-    then they are decoded one at a time, each shrunk at once to a shorter side of at most max_side.
-    """
+) -> None:
+    """422 when there are no images, 413/415 naming the offending file: counts, sizes, and every header's pixel
+    count (max_pixels per image, max_request_pixels together), before anything is decoded."""
     if not uploads:
         raise InvalidInput("send at least one image as the multipart field `files`")
     if len(uploads) > max_images:
@@ -78,7 +75,24 @@ def decode_uploads(
             raise PayloadTooLarge(
                 f"the images of this request have more than {max_request_pixels:,} pixels together, the limit"
             )
-    return [_decode_one(up, max_pixels, max_side) for up in uploads]
+
+
+def decode_uploads(
+    uploads: list[ImageUpload],
+    max_images: int,
+    max_bytes: int,
+    *,
+    max_pixels: int = _setting("max_predict_pixels"),
+    max_request_pixels: int = _setting("max_predict_request_pixels"),
+    max_side: int = PREDICT_MAX_SIDE,
+    draft_side: int | None = None,
+) -> list[Image.Image]:
+    """PIL images for every upload, checked first (check_uploads), then decoded one at a time, each shrunk at once
+    to a shorter side of at most max_side. With draft_side (the model's input size), a JPEG is decoded at the
+    smallest of 1/2, 1/4, 1/8 scale that still covers draft_side on both sides (libjpeg's DCT scaling): a large
+    photo decodes several times faster, and the model's own resize then takes it the rest of the way."""
+    check_uploads(uploads, max_images, max_bytes, max_pixels=max_pixels, max_request_pixels=max_request_pixels)
+    return [_decode_one(up, max_pixels, max_side, draft_side) for up in uploads]
 
 
 def _too_large(name: str, exc: ImageTooLarge) -> PayloadTooLarge:
@@ -88,9 +102,9 @@ def _too_large(name: str, exc: ImageTooLarge) -> PayloadTooLarge:
     return PayloadTooLarge(f"{name} is {w}x{h} = {w * h:,} pixels; at most {exc.limit:,} pixels per image are accepted")
 
 
-def _decode_one(upload: ImageUpload, max_pixels: int, max_side: int) -> Image.Image:
+def _decode_one(upload: ImageUpload, max_pixels: int, max_side: int, draft_side: int | None) -> Image.Image:
     try:
-        return decode_image(io.BytesIO(upload.data), max_pixels, max_side)
+        return decode_image(io.BytesIO(upload.data), max_pixels, max_side, draft_side=draft_side)
     except ImageTooLarge as exc:
         raise _too_large(_shown(upload.filename), exc) from None
     except DatasetFormatError as exc:
@@ -167,11 +181,25 @@ def resolve_served(
     )
 
 
-def load_predictor(cache: ModelCache, served: ServedVersion, device: str, threads: int | None = None) -> Predictor:
-    """The predictor of the served version's backend, loaded once (files checked by sha256), then reused."""
+def model_spec(served: ServedVersion, device: str, threads: int | None = None) -> ModelSpec:
+    """What to load for the served version's backend: its checkpoint (torch) or its verified export."""
     if served.export_path is None or served.export_meta is None:
-        return cache.get(
-            served.cache_key, lambda: TorchPredictor(LoadedModel.from_file(served.path, served.sha256, device))
-        )
-    path, meta, digest = served.export_path, served.export_meta, served.export_sha256
-    return cache.get(served.cache_key, lambda: OnnxPredictor(path, meta, served.backend, digest, threads, device))
+        return ModelSpec(served.cache_key, "torch", str(served.path), served.sha256, device, threads)
+    return ModelSpec(
+        served.cache_key,
+        served.backend,
+        str(served.export_path),
+        served.export_sha256,
+        device,
+        threads,
+        served.export_meta,
+    )
+
+
+def load_predictor(
+    cache: ModelCache, served: ServedVersion, device: str, threads: int | None = None, host: ModelHost | None = None
+) -> Predictor:
+    """The predictor of the served version's backend, loaded once (files checked by sha256), then reused: in the
+    model host process when one is given, else in this process."""
+    spec = model_spec(served, device, threads)
+    return cache.get(served.cache_key, lambda: host.load(spec) if host is not None else load_local(spec))

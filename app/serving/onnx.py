@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from app.ml.backbones import Preprocessing
 from app.ml.checkpoint import CheckpointError, file_sha256
 from app.ml.export import OnnxClassifier
-from app.ml.transforms import eval_transform, normalize_batch
+from app.ml.transforms import eval_transform, image_to_tensor, normalize_batch
 
 # Export format -> the backend name /predict reports.
 BACKEND_OF_FORMAT = {"onnx": "onnx", "onnx-int8": "int8"}
@@ -35,8 +34,7 @@ class OnnxPredictor:
         self.classifier = OnnxClassifier(path, threads=threads, device=device)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-        return self.transform(rgb)
+        return image_to_tensor(image, self.transform)
 
     def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
         x = normalize_batch(batch, self.preprocessing.mean, self.preprocessing.std).numpy()

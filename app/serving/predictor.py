@@ -58,6 +58,6 @@ def top_labels(probs: torch.Tensor, class_names: list[str], top_k: int) -> list[
     k = min(top_k, len(class_names))
     values, indices = probs.topk(k, dim=1)
     return [
-        [(class_names[int(i)], float(v)) for v, i in zip(row_v, row_i, strict=True)]
-        for row_v, row_i in zip(values, indices, strict=True)
+        [(class_names[i], v) for v, i in zip(row_v, row_i, strict=True)]
+        for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
     ]

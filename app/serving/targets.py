@@ -10,27 +10,34 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable
 
 import torch
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.db import session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
 from app.services.prediction import ServedVersion, load_predictor, resolve_served
+from app.serving.host import ModelHost
 from app.serving.predictor import Predictor
 
 log = logging.getLogger("visiontune.serving")
 
 Loader = Callable[[ServedVersion], Predictor]
+MAX_LOOKUPS = 4096
 
 
 class ServingTargets:
     """Per (project, requested name) the target that answers, switched only once its successor is warm."""
 
-    def __init__(self, cache: ModelCache) -> None:
+    def __init__(self, cache: ModelCache, host: ModelHost | None = None, lookup_ttl_s: float = 1.0) -> None:
         self.cache = cache
+        self.host = host  # the inference process models load into; None: this process
+        self.lookup_ttl_s = lookup_ttl_s
+        self._lookups: dict[Hashable, tuple[float, ServedVersion]] = {}
         self._current: dict[Hashable, ServedVersion] = {}
         self._warming: set[str] = set()
         self._lock = threading.Lock()
@@ -54,6 +61,39 @@ class ServingTargets:
         self._warm_in_background(key, resolved, load)
         return previous, old
 
+    def resolve(
+        self,
+        factory: sessionmaker[Session],
+        project: str,
+        name: str | None,
+        version: int | None,
+        backend: str,
+        device: str,
+    ) -> ServedVersion:
+        """What (name, version) serves for project, looked up in its own short transaction and kept for
+        lookup_ttl_s: /predict reads the database at most once a second per target, and a change made elsewhere
+        (a better job, another API process's promotion) is seen within that. Changes made through this process
+        call forget() once committed, so they are seen at once. Failures (404, 409) are never kept."""
+        key = (project, name, version, backend, device)
+        now = time.monotonic()
+        hit = self._lookups.get(key)
+        if hit is not None and now - hit[0] < self.lookup_ttl_s:
+            return hit[1]
+        with session_scope(factory) as session:
+            served = resolve_served(session, project, name, version, backend, device)
+        if len(self._lookups) >= MAX_LOOKUPS:  # names sent by callers: never an unbounded dict
+            self._lookups.clear()
+        self._lookups[key] = (now, served)
+        return served
+
+    def forget(self) -> None:
+        """Drop every kept lookup (after a change of what serves has committed)."""
+        self._lookups.clear()
+
+    def load(self, served: ServedVersion, device: str, threads: int | None) -> Predictor:
+        """The served version's predictor, from the cache or loaded (into the model host, when there is one)."""
+        return load_predictor(self.cache, served, device, threads, self.host)
+
     def warm(self, session: Session, settings: Settings, project: str, ref: str) -> None:
         """Load and warm what ref (a name, or name@alias) resolves to in session, before its change commits, so
         that this process switches at once (others warm it in the background on their next request)."""
@@ -64,7 +104,7 @@ class ServingTargets:
             return  # nothing serves under that name any more
         threads = settings.predict_threads or settings.torch_threads
         try:
-            predictor = load_predictor(self.cache, served, device, threads)
+            predictor = self.load(served, device, threads)
             predictor.predict_batch(torch.zeros(1, 3, predictor.image_size, predictor.image_size, dtype=torch.uint8))
         except Exception:  # the change stands; the next request loads it (and says why if it cannot)
             log.exception("could not warm %s v%s", served.model_name, served.version)

@@ -1,0 +1,148 @@
+"""The model host: /predict's forward in a child process, with the same answers as in-process, recovered when the
+child is killed (idle or mid-batch), refusing a tampered checkpoint, and freeing what the API stops serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from app.errors import ServiceUnavailable
+from app.ml.backbones import build_model
+from app.ml.checkpoint import CheckpointError, save_checkpoint
+from app.ml.predictor import LoadedModel, ModelCache
+from app.serving.host import HostDied, HostedPredictor, ModelHost, ModelSpec
+from app.serving.predictor import TorchPredictor
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    built = build_model("resnet18", 3, "none")
+    meta = {
+        "arch": "resnet18",
+        "class_names": ["cat", "dog", "owl"],
+        "image_size": 32,
+        "preprocessing": built.preprocessing.as_dict(),
+    }
+    path = tmp_path_factory.mktemp("host") / "ck.safetensors"
+    sha, _ = save_checkpoint(path, built.model.state_dict(), meta)
+    return path, sha
+
+
+@pytest.fixture
+def host():
+    h = ModelHost(threads=1)
+    yield h
+    h.close()
+
+
+def spec(path, sha, key="k") -> ModelSpec:
+    return ModelSpec(key=key, backend="torch", path=str(path), sha256=sha, device="cpu")
+
+
+def batch(n: int, side: int = 32) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, side, side), generator=torch.Generator().manual_seed(n), dtype=torch.uint8)
+
+
+def wait_dead(host: ModelHost) -> None:
+    for _ in range(400):
+        if not host.alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed child is still running")
+
+
+def test_answers_equal_in_process_from_another_process(host, checkpoint):
+    path, sha = checkpoint
+    hosted = host.load(spec(path, sha))
+    assert isinstance(hosted, HostedPredictor)
+    assert hosted.class_names == ["cat", "dog", "owl"] and hosted.image_size == 32 and hosted.backend == "torch"
+    assert host.pid is not None and host.pid != os.getpid()
+    local = TorchPredictor(LoadedModel.from_file(path, sha))
+    for n in (1, 5, 17):
+        x = batch(n)
+        assert torch.allclose(hosted.predict_batch(x), local.predict_batch(x), atol=TOL)
+
+
+def test_a_killed_child_is_replaced_and_reloads_what_it_served(host, checkpoint):
+    path, sha = checkpoint
+    hosted = host.load(spec(path, sha))
+    x = batch(4)
+    before = hosted.predict_batch(x)
+    first = host.pid
+    os.kill(first, signal.SIGKILL)
+    wait_dead(host)
+    after = hosted.predict_batch(x)  # a new child, the model loaded again from its file
+    assert host.pid not in (None, first) and host.restarts == 1
+    assert torch.allclose(before, after, atol=TOL)
+
+
+def killed_under(host: ModelHost, hosted: HostedPredictor, x: torch.Tensor, kills: int) -> BaseException | torch.Tensor:
+    """What predicting x answers while its child (and then each replacement, up to `kills` children) is killed
+    as soon as it is working on it."""
+    outcome: list[BaseException | torch.Tensor] = []
+
+    def run() -> None:
+        try:
+            outcome.append(hosted.predict_batch(x))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    for _ in range(kills):
+        time.sleep(0.2)
+        while not host.alive and t.is_alive():  # the replacement starting
+            time.sleep(0.05)
+        if t.is_alive():
+            time.sleep(0.3 if host.restarts else 0.0)  # the replacement loading, then predicting
+            os.kill(host.pid, signal.SIGKILL)
+    t.join(120)
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+def test_a_batch_in_flight_when_the_child_dies_is_answered_by_its_replacement(host, checkpoint):
+    path, sha = checkpoint
+    hosted = host.load(spec(path, sha))
+    x = batch(48, side=256)  # long enough to be killed under
+    expected = TorchPredictor(LoadedModel.from_file(path, sha)).predict_batch(x)
+    answer = killed_under(host, hosted, x, kills=1)
+    assert isinstance(answer, torch.Tensor) and torch.allclose(answer, expected, atol=TOL)
+    assert host.restarts == 1
+
+
+def test_a_batch_whose_replacement_dies_too_fails_with_503(host, checkpoint):
+    path, sha = checkpoint
+    hosted = host.load(spec(path, sha))
+    answer = killed_under(host, hosted, batch(48, side=256), kills=2)
+    assert isinstance(answer, HostDied) and isinstance(answer, ServiceUnavailable)
+    assert hosted.predict_batch(batch(2)).shape == (2, 3)  # and the next request is answered
+
+
+def test_a_tampered_checkpoint_is_refused_in_the_api_process(host, checkpoint, tmp_path):
+    path, sha = checkpoint
+    bad = tmp_path / "bad.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        host.load(spec(bad, sha, key="bad"))
+    assert host.load(spec(path, sha)).predict_batch(batch(1)).shape == (1, 3)  # the child is still fine
+
+
+def test_models_evicted_from_the_cache_are_dropped_from_the_child(host, checkpoint):
+    path, sha = checkpoint
+    cache = ModelCache(capacity=1, on_evict=lambda key, _p: host.drop(key))
+    first = cache.get("a", lambda: host.load(spec(path, sha, key="a")))
+    cache.get("b", lambda: host.load(spec(path, sha, key="b")))
+    with pytest.raises(KeyError):  # dropped: the API holds no spec to reload it from
+        first.predict_batch(batch(1))
+    assert cache.peek("a") is None and cache.peek("b") is not None
