@@ -65,6 +65,16 @@ class Settings(BaseSettings):
         description="Where /predict's forward runs: a model-host process per API process (never competing with "
         "request threads for the GIL), or a thread of the API process",
     )
+    predict_precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto",
+        description="The torch backend's precision: auto is fp16 autocast on a GPU and fp32 on a CPU; bf16 can pay "
+        "on CPUs with AMX",
+    )
+    predict_compile: bool = Field(
+        default=False,
+        description="Run the torch backend through torch.compile (compiled while the model warms up, before it "
+        "takes traffic; eager if compilation fails)",
+    )
     predict_lookup_ttl_ms: float = Field(
         default=1000.0,
         ge=0,

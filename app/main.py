@@ -163,7 +163,11 @@ def create_app(
         app.state.model_host = host
         app.state.model_cache = ModelCache(on_evict=(lambda key, _p: host.drop(key)) if host is not None else None)
         app.state.serving_targets = ServingTargets(
-            app.state.model_cache, host, lookup_ttl_s=settings.predict_lookup_ttl_ms / 1000
+            app.state.model_cache,
+            host,
+            lookup_ttl_s=settings.predict_lookup_ttl_ms / 1000,
+            precision=settings.predict_precision,
+            compile=settings.predict_compile,
         )
         app.state.enqueue = enqueue or celery_enqueue(settings)
         app.state.enqueue_export = enqueue_export or celery_enqueue_export(settings)

@@ -52,16 +52,19 @@ from app.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.ml.backbones import build_model  # noqa: E402
 from app.ml.predictor import LoadedModel  # noqa: E402
-from app.models import Checkpoint  # noqa: E402
+from app.models import Checkpoint, Export  # noqa: E402
 from app.services.prediction import ImageUpload, decode_uploads  # noqa: E402
 from app.services.registry import resolve_version  # noqa: E402
 from app.serving.batcher import Batcher, serving_threads  # noqa: E402
-from app.serving.predictor import TorchPredictor  # noqa: E402
+from app.serving.onnx import BACKEND_OF_FORMAT, OnnxPredictor  # noqa: E402
+from app.serving.predictor import Predictor, TorchPredictor  # noqa: E402
 from tests.factories import cifar_arrays, cifar_imagefolder_zip, png_bytes  # noqa: E402
 from tests.processes import bearer, free_port, python, start, stop, wait_http  # noqa: E402
+from worker.exporter import run_export  # noqa: E402
 from worker.runner import JobRunner  # noqa: E402
 
 MODEL = "bench"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def jpegs(n: int, width: int = 640, height: int = 480) -> list[bytes]:
@@ -187,8 +190,9 @@ def in_process(predictor: TorchPredictor, data: list[bytes], repeats: int, setti
 class Server:
     """A `visiontune api` process on a fresh SQLite database, its admin key, and a runner on the same database."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, train_per_class: int = 40) -> None:
         self.key = new_key()
+        self.train_per_class = train_per_class
         db = f"sqlite:///{workdir / 'vt.db'}"
         upgrade(db)
         broker = os.environ.get("VISIONTUNE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -214,10 +218,10 @@ class Server:
 
     def train_versions(self, workdir: Path, arch: str, image_size: int, count: int) -> list[tuple[Path, str]]:
         """count versions of MODEL (linear probe, one epoch on 3 CIFAR classes); their checkpoints, version 1 first."""
-        archive = workdir / "cifar3.zip"
-        cifar_imagefolder_zip(archive, train_per_class=40)
+        archive = workdir / "cifar10.zip"
+        cifar_imagefolder_zip(archive, classes=CLASSES, train_per_class=self.train_per_class)
         with httpx.Client(base_url=self.base, headers=self.headers, timeout=120) as c:
-            r = c.post("/datasets", files={"file": ("cifar3.zip", archive.read_bytes(), "application/zip")})
+            r = c.post("/datasets", files={"file": ("cifar10.zip", archive.read_bytes(), "application/zip")})
             r.raise_for_status()
             body = {
                 "dataset_id": r.json()["id"],
@@ -248,6 +252,114 @@ class Server:
             finally:
                 engine.dispose()
         return out
+
+    def make_exports(self, formats: list[str], version: int = 1) -> dict[str, dict]:
+        """Ask the API for each export of version, make it here as a worker would (run_export), and return the
+        exports as the API lists them, with the file's path."""
+        with httpx.Client(base_url=self.base, headers=self.headers, timeout=60) as c:
+            ids = {}
+            for fmt in formats:
+                r = c.post(f"/models/{MODEL}/versions/{version}/exports", json={"format": fmt})
+                r.raise_for_status()
+                ids[fmt] = uuid.UUID(r.json()["id"])
+            engine = make_engine(self.settings.resolved_database_url())
+            factory = make_sessionmaker(engine)
+            paths = {}
+            try:
+                for fmt, export_id in ids.items():
+                    run_export(self.settings, factory, export_id)
+                    with session_scope(factory) as session:
+                        row = session.get(Export, export_id)
+                        paths[fmt] = row.path if row is not None else None
+            finally:
+                engine.dispose()
+            listed = {e["format"]: e for e in c.get(f"/models/{MODEL}/versions/{version}/exports").json()}
+        return {fmt: {**listed[fmt], "path": paths[fmt]} for fmt in formats}
+
+    def alias(self, name: str, version: int, backend: str) -> None:
+        with httpx.Client(base_url=self.base, headers=self.headers, timeout=120) as c:
+            r = c.put(f"/models/{MODEL}/aliases/{name}", json={"version": version, "backend": backend})
+            r.raise_for_status()
+
+
+def test_set() -> tuple[list[Image.Image], list[str]]:
+    """The subset's test batch (1,017 real CIFAR images) as decoded images, and their class names."""
+    images, labels, names = cifar_arrays("test_batch")
+    return [Image.fromarray(a) for a in images], [names[i] for i in labels]
+
+
+def accuracy(predictor: Predictor, images: list[Image.Image], names: list[str]) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy on images and the predicted classes (batches of 32, the served preprocessing)."""
+    labels = np.array([predictor.class_names.index(n) for n in names])
+    predicted = []
+    for i in range(0, len(images), 32):
+        batch = torch.stack([predictor.preprocess(img) for img in images[i : i + 32]])
+        predicted.append(predictor.predict_batch(batch).argmax(dim=1).numpy())
+    top1 = np.concatenate(predicted)
+    return float((top1 == labels).mean()), top1
+
+
+def backend_rows(
+    checkpoint: tuple[Path, str], exports: dict[str, dict], data: list[bytes], repeats: int, threads: int
+) -> list[dict]:
+    """Per backend, in process: batch 1 and batch 32 images/s (decode + preprocess + forward) and accuracy and
+    top-1 agreement with fp32 torch on the test batch; each against fp32 torch measured here."""
+    predictors: dict[str, Predictor] = {"torch": TorchPredictor(LoadedModel.from_file(*checkpoint))}
+    rows: list[dict] = []
+    for fmt, export in exports.items():
+        backend = BACKEND_OF_FORMAT[fmt]
+        if export["status"] != "verified":
+            rows.append({"backend": backend, "status": export["status"], "report": export["report"]})
+            continue
+        predictors[backend] = OnnxPredictor(
+            Path(export["path"]), export["meta"], backend, export["sha256"], threads, "cpu"
+        )
+    images, labels = test_set()
+    reference: np.ndarray | None = None
+    for backend, predictor in predictors.items():
+        direct(predictor, data[:32], 32)  # warm-up
+        direct(predictor, data[:4], 1)
+        b1 = statistics.median(direct(predictor, data, 1) for _ in range(repeats))
+        b32 = statistics.median(direct(predictor, data, 32) for _ in range(repeats))
+        acc, top1 = accuracy(predictor, images, labels)
+        if reference is None:
+            reference = top1
+        rows.append(
+            {
+                "backend": backend,
+                "status": "verified" if backend != "torch" else "checkpoint",
+                "batch1_images_per_second": len(data) / b1,
+                "batch32_images_per_second": len(data) / b32,
+                "test_accuracy": acc,
+                "agreement_with_torch": float((top1 == reference).mean()),
+                "test_images": len(labels),
+                "report": exports.get(next((f for f, b in BACKEND_OF_FORMAT.items() if b == backend), ""), {}).get(
+                    "report"
+                ),
+            }
+        )
+    base = next(r for r in rows if r["backend"] == "torch")
+    for row in rows:
+        if "batch32_images_per_second" in row:
+            row["batch32_vs_torch"] = row["batch32_images_per_second"] / base["batch32_images_per_second"]
+            row["accuracy_points_vs_torch"] = 100 * (row["test_accuracy"] - base["test_accuracy"])
+    return rows
+
+
+def print_backends(rows: list[dict]) -> None:
+    print(
+        f"\n{'backend':8} {'batch 1 img/s':>13} {'batch 32 img/s':>14} {'vs torch':>8} {'test acc':>8} "
+        f"{'Δ points':>8} {'agreement':>9}"
+    )
+    for r in rows:
+        if "batch32_images_per_second" not in r:
+            print(f"{r['backend']:8} {r['status']}")
+            continue
+        print(
+            f"{r['backend']:8} {r['batch1_images_per_second']:13.1f} {r['batch32_images_per_second']:14.1f} "
+            f"{r['batch32_vs_torch']:7.2f}x {100 * r['test_accuracy']:7.1f}% {r['accuracy_points_vs_torch']:+8.2f} "
+            f"{100 * r['agreement_with_torch']:8.1f}%"
+        )
 
 
 ERROR_SAMPLES: dict[str, list[str]] = {}  # the first few failures per URL, for the JSON
@@ -430,12 +542,14 @@ def main() -> int:
     parser.add_argument("--no-http", action="store_true", help="in process only (random weights)")
     parser.add_argument("--no-peer", action="store_true", help="skip the LitServe peer")
     parser.add_argument("--no-switch", action="store_true", help="skip the promote/rollback under load")
+    parser.add_argument("--formats", default="onnx,onnx-int8", help="exports measured against torch ('' for none)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
     settings = Settings()
-    torch.set_num_threads(serving_threads(settings))
+    threads = serving_threads(settings)
+    torch.set_num_threads(threads)
     env = {
         "arch": args.arch,
         "image_size": args.image_size,
@@ -496,12 +610,30 @@ def main() -> int:
             print_in_process(rows)
             result["rows"] = rows
 
+            formats = [f for f in args.formats.split(",") if f]
+            exports = server.make_exports(formats) if formats else {}
+            result["backends"] = backend_rows(checkpoints[0], exports, [d for _, d, _ in images], args.repeats, threads)
+            print_backends(result["backends"])
+
             print("\nover HTTP:", flush=True)
             with httpx.Client(base_url=server.base, headers=server.headers, timeout=30) as c:
                 serving = c.get(f"/models/{MODEL}").json()["serving_version"]
             http = sweep(
                 "visiontune", f"{server.base}/predict", images, levels, args.seconds, server.headers, {"model": MODEL}
             )
+            for row in result["backends"]:
+                if row["backend"] == "torch" or row["status"] != "verified":
+                    continue
+                server.alias(row["backend"], 1, row["backend"])  # bench@int8 serves version 1 on int8
+                http += sweep(
+                    f"vt {row['backend']}",
+                    f"{server.base}/predict",
+                    images,
+                    levels,
+                    args.seconds,
+                    server.headers,
+                    {"model": f"{MODEL}@{row['backend']}"},
+                )
             result["http"] = http
             if not args.no_switch:
                 other = 2 if serving == 1 else 1
@@ -526,7 +658,7 @@ def main() -> int:
             print(f"\nLitServe peer: {result['peer']['why']}")
 
     print_http(http + result["peer"]["rows"])
-    by_c = {r["concurrency"]: r for r in http}
+    by_c = {r["concurrency"]: r for r in http if r["server"] == "visiontune"}
     # The batch-1 latency is the median of its single-image steps: less hurt by a neighbour's burst than the mean.
     ceiling, batch1 = rows[1]["images_per_second"], rows[0]["p50_ms_per_forward"]
     ratios: dict = {"in_process_batch32_images_per_second": ceiling, "in_process_batch1_p50_ms": batch1}
@@ -535,10 +667,20 @@ def main() -> int:
     if 1 in by_c and by_c[1]["p50_ms"] is not None:
         ratios["http_c1_p50_minus_batch1_ms"] = by_c[1]["p50_ms"] - batch1
     peer_c = {r["concurrency"]: r for r in result["peer"]["rows"]}
-    if 32 in by_c and 32 in peer_c and peer_c[32]["requests_per_second"]:
-        ratios["visiontune_vs_litserve_c32_throughput"] = (
-            by_c[32]["requests_per_second"] / peer_c[32]["requests_per_second"]
-        )
+    for c, row in by_c.items():
+        if c in peer_c and peer_c[c]["requests_per_second"]:
+            ratios[f"visiontune_vs_litserve_c{c}_throughput"] = (
+                row["requests_per_second"] / peer_c[c]["requests_per_second"]
+            )
+    for row in result.get("backends", []):
+        if row["backend"] != "torch" and "batch32_vs_torch" in row:
+            ratios[f"{row['backend']}_vs_torch_batch32_ceiling"] = row["batch32_vs_torch"]
+            ratios[f"{row['backend']}_accuracy_points_vs_torch"] = row["accuracy_points_vs_torch"]
+            over_http = [r for r in http if r["server"] == f"vt {row['backend']}" and r["concurrency"] == 32]
+            if over_http:
+                ratios[f"{row['backend']}_http_c32_vs_its_ceiling"] = (
+                    over_http[0]["requests_per_second"] / row["batch32_images_per_second"]
+                )
     result["ratios"] = ratios
     result["error_samples"] = {url: found for url, found in ERROR_SAMPLES.items() if found}
     for url, found in result["error_samples"].items():

@@ -15,7 +15,7 @@ from app.errors import ServiceUnavailable
 from app.ml.backbones import build_model
 from app.ml.checkpoint import CheckpointError, save_checkpoint
 from app.ml.predictor import LoadedModel, ModelCache
-from app.serving.host import HostDied, HostedPredictor, ModelHost, ModelSpec
+from app.serving.host import HostDied, HostedPredictor, ModelHost, ModelSpec, load_local
 from app.serving.predictor import TorchPredictor
 
 TOL = 1e-5
@@ -146,3 +146,58 @@ def test_models_evicted_from_the_cache_are_dropped_from_the_child(host, checkpoi
     with pytest.raises(KeyError):  # dropped: the API holds no spec to reload it from
         first.predict_batch(batch(1))
     assert cache.peek("a") is None and cache.peek("b") is not None
+
+
+# ---------------------------------------------------------------- the torch backend's precision and compilation
+
+
+def test_bf16_autocast_stays_close_to_fp32_on_the_cpu(checkpoint):
+    path, sha = checkpoint
+    loaded = LoadedModel.from_file(path, sha)
+    x = batch(8)
+    fp32 = TorchPredictor(loaded).predict_batch(x)
+    bf16 = TorchPredictor(loaded, precision="bf16")
+    assert bf16.precision == "bf16" and TorchPredictor(loaded, precision="auto").precision == "fp32"  # auto on a CPU
+    assert (bf16.predict_batch(x) - fp32).abs().max() < 0.05
+
+
+def test_a_model_that_does_not_compile_is_served_eagerly(checkpoint, monkeypatch):
+    path, sha = checkpoint
+
+    def broken(model, **_kwargs):
+        def fail(*_a, **_k):
+            raise RuntimeError("no compiler here")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    predictor = load_local(ModelSpec("c", "torch", str(path), sha, "cpu", compile=True))
+    x = batch(3)
+    expected = TorchPredictor(LoadedModel.from_file(path, sha)).predict_batch(x)
+    assert torch.allclose(predictor.predict_batch(x), expected, atol=TOL)
+
+
+@pytest.mark.gpu
+def test_fp16_on_cuda_in_the_host_agrees_with_fp32(host, checkpoint):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    path, sha = checkpoint
+    x = batch(32)
+    fp32 = TorchPredictor(LoadedModel.from_file(path, sha)).predict_batch(x)
+    hosted = host.load(ModelSpec("gpu", "torch", str(path), sha, "cuda", precision="auto"))
+    fp16 = hosted.predict_batch(x)
+    assert (fp16.argmax(1) == fp32.argmax(1)).float().mean() >= 0.95
+    assert (fp16 - fp32).abs().max() < 0.05
+
+
+@pytest.mark.gpu
+def test_torch_compile_on_cuda_matches_eager(checkpoint):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    path, sha = checkpoint
+    loaded = LoadedModel.from_file(path, sha, device="cuda")
+    x = batch(16)
+    eager = TorchPredictor(loaded, precision="fp32").predict_batch(x)
+    compiled = load_local(ModelSpec("cc", "torch", str(path), sha, "cuda", precision="fp32", compile=True))
+    assert compiled.forward is not compiled.loaded.model  # really compiled, not the fallback
+    assert torch.allclose(compiled.predict_batch(x), eager, atol=1e-3)

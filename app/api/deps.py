@@ -26,11 +26,12 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
+    # async: a plain attribute read, not worth a hop to the thread pool (every sync dependency makes one)
     return request.app.state.settings
 
 
-def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Actor:
+def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Actor:
     """The key a request carries, checked in its own short transaction (never the request's session)."""
     settings: Settings = request.app.state.settings
     if settings.auth == "off":  # the API binds to loopback (checked at start-up); refuse anyone else anyway
@@ -54,10 +55,14 @@ def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredential
     return actor
 
 
-def require(scope: str) -> Callable[[Actor], Actor]:
-    """A dependency that admits a caller whose key grants scope (401 without a valid key, 403 without scope)."""
+def require(scope: str) -> Callable[..., Actor]:
+    """A dependency that admits a caller whose key grants scope (401 without a valid key, 403 without scope).
 
-    def check(caller: Annotated[Actor, Depends(_caller)], request: Request) -> Actor:
+    One sync dependency for the key check, the scope and the rate limit: FastAPI runs each sync dependency in
+    its thread pool, and every hop there costs a thread wake-up (and a GIL hand-over) per request."""
+
+    def check(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Actor:
+        caller = _caller(request, credentials)
         if not caller.can(scope):
             raise Forbidden(f"this API key lacks the {scope!r} scope (it has {', '.join(sorted(caller.scopes))})")
         limiter = getattr(request.app.state, "rate_limiter", None)

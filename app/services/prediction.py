@@ -181,10 +181,15 @@ def resolve_served(
     )
 
 
-def model_spec(served: ServedVersion, device: str, threads: int | None = None) -> ModelSpec:
-    """What to load for the served version's backend: its checkpoint (torch) or its verified export."""
+def model_spec(
+    served: ServedVersion, device: str, threads: int | None = None, precision: str = "auto", compile: bool = False
+) -> ModelSpec:
+    """What to load for the served version's backend: its checkpoint (torch, with its precision and whether it
+    is compiled) or its verified export."""
     if served.export_path is None or served.export_meta is None:
-        return ModelSpec(served.cache_key, "torch", str(served.path), served.sha256, device, threads)
+        return ModelSpec(
+            served.cache_key, "torch", str(served.path), served.sha256, device, threads, None, precision, compile
+        )
     return ModelSpec(
         served.cache_key,
         served.backend,
@@ -197,9 +202,15 @@ def model_spec(served: ServedVersion, device: str, threads: int | None = None) -
 
 
 def load_predictor(
-    cache: ModelCache, served: ServedVersion, device: str, threads: int | None = None, host: ModelHost | None = None
+    cache: ModelCache,
+    served: ServedVersion,
+    device: str,
+    threads: int | None = None,
+    host: ModelHost | None = None,
+    precision: str = "auto",
+    compile: bool = False,
 ) -> Predictor:
     """The predictor of the served version's backend, loaded once (files checked by sha256), then reused: in the
     model host process when one is given, else in this process."""
-    spec = model_spec(served, device, threads)
+    spec = model_spec(served, device, threads, precision, compile)
     return cache.get(served.cache_key, lambda: host.load(spec) if host is not None else load_local(spec))

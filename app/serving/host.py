@@ -58,6 +58,8 @@ class ModelSpec:
     device: str
     threads: int | None = None
     export_meta: dict[str, Any] | None = None
+    precision: str = "auto"  # torch: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
+    compile: bool = False  # torch: through torch.compile
 
 
 def load_local(spec: ModelSpec) -> Predictor:
@@ -67,7 +69,16 @@ def load_local(spec: ModelSpec) -> Predictor:
     from app.serving.predictor import TorchPredictor
 
     if spec.backend == "torch" or spec.export_meta is None:
-        return TorchPredictor(LoadedModel.from_file(Path(spec.path), spec.sha256, spec.device))
+        loaded = LoadedModel.from_file(Path(spec.path), spec.sha256, spec.device)
+        predictor = TorchPredictor(loaded, spec.precision, spec.compile)
+        if spec.compile:
+            try:  # compiled here, on a first forward, so that a compiler failure falls back to eager
+                size = predictor.image_size
+                predictor.predict_batch(torch.zeros(2, 3, size, size, dtype=torch.uint8))
+            except Exception:
+                log.exception("torch.compile failed for %s; serving it eagerly", spec.key)
+                predictor = TorchPredictor(loaded, spec.precision)
+        return predictor
     return OnnxPredictor(Path(spec.path), spec.export_meta, spec.backend, spec.sha256, spec.threads, spec.device)
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from app.ml.backbones import Preprocessing
 from app.ml.predictor import LoadedModel
+from app.ml.transforms import normalize_batch
 
 
 @runtime_checkable
@@ -35,22 +36,48 @@ class Predictor(Protocol):
         ...
 
 
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolved_precision(precision: str, device: str) -> str:
+    """auto: fp16 autocast on CUDA (tensor cores; more mantissa than bf16, so closer to fp32), fp32 elsewhere."""
+    if precision == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    return precision
+
+
 class TorchPredictor:
-    """The eager torch backend: a LoadedModel in channels-last under inference_mode."""
+    """The eager torch backend: a LoadedModel in channels-last under inference_mode, optionally under fp16/bf16
+    autocast and through torch.compile (compiled on the first forward, which the warm-up makes)."""
 
     backend = "torch"
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, precision: str = "fp32", compile: bool = False) -> None:
         self.loaded = loaded
         self.class_names = loaded.class_names
         self.preprocessing = loaded.preprocessing
         self.image_size = loaded.image_size
+        self.precision = resolved_precision(precision, str(loaded.device))
+        self.amp_dtype = PRECISIONS[self.precision]
+        self.forward = loaded.model
+        if compile:
+            # dynamic: one graph for every batch size the batcher makes, not one compilation per size
+            self.forward = torch.compile(loaded.model, dynamic=True)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.loaded.preprocess(image)
 
+    @torch.inference_mode()
     def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.loaded.probabilities(batch)
+        if self.amp_dtype is None and self.forward is self.loaded.model:
+            return self.loaded.probabilities(batch)
+        device = self.loaded.device
+        p = self.preprocessing
+        x = normalize_batch(batch.to(device, non_blocking=True), p.mean, p.std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.forward(x)
+        return torch.softmax(logits.float(), dim=1).cpu()
 
 
 def top_labels(probs: torch.Tensor, class_names: list[str], top_k: int) -> list[list[tuple[str, float]]]:

@@ -33,8 +33,17 @@ MAX_LOOKUPS = 4096
 class ServingTargets:
     """Per (project, requested name) the target that answers, switched only once its successor is warm."""
 
-    def __init__(self, cache: ModelCache, host: ModelHost | None = None, lookup_ttl_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        cache: ModelCache,
+        host: ModelHost | None = None,
+        lookup_ttl_s: float = 1.0,
+        precision: str = "auto",
+        compile: bool = False,
+    ) -> None:
         self.cache = cache
+        self.precision = precision  # the torch backend's (VISIONTUNE_PREDICT_PRECISION)
+        self.compile = compile  # VISIONTUNE_PREDICT_COMPILE
         self.host = host  # the inference process models load into; None: this process
         self.lookup_ttl_s = lookup_ttl_s
         self._lookups: dict[Hashable, tuple[float, ServedVersion]] = {}
@@ -92,7 +101,7 @@ class ServingTargets:
 
     def load(self, served: ServedVersion, device: str, threads: int | None) -> Predictor:
         """The served version's predictor, from the cache or loaded (into the model host, when there is one)."""
-        return load_predictor(self.cache, served, device, threads, self.host)
+        return load_predictor(self.cache, served, device, threads, self.host, self.precision, self.compile)
 
     def warm(self, session: Session, settings: Settings, project: str, ref: str) -> None:
         """Load and warm what ref (a name, or name@alias) resolves to in session, before its change commits, so
