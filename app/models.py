@@ -305,3 +305,12 @@ class Export(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Durability, as for jobs: a worker claims a queued export by bumping `attempt` (its fencing token) and holds
+    # a lease it renews while it works; the reaper puts back a `running` export whose lease ran out (a lost
+    # attempt counts in `failures`, up to max_attempts) and re-sends a queued one whose task the broker lost
+    # (enqueued_at is when its task was last sent).
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

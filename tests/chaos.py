@@ -20,7 +20,7 @@ from sqlalchemy import select, text
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.migrate import upgrade
-from app.models import Epoch, Job
+from app.models import Epoch, Export, Job
 from app.services.datasets import ingest_upload
 from app.services.jobs import submit_job
 
@@ -226,6 +226,17 @@ class Cluster:
             job = s.get(Job, job_id)
             assert job is not None
             return job
+
+    def exports(self, job_id: uuid.UUID) -> list[Export]:
+        """The exports of a job's version."""
+        with session_scope(self.factory) as s:
+            return list(s.scalars(select(Export).where(Export.job_id == job_id)).all())
+
+    def export(self, export_id: uuid.UUID) -> Export:
+        with session_scope(self.factory) as s:
+            export = s.get(Export, export_id)
+            assert export is not None
+            return export
 
     def epochs(self, job_id: uuid.UUID) -> list[tuple[int, int, float]]:
         """(epoch, attempt, train loss) rows of a job, in epoch order."""

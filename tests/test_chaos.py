@@ -1,9 +1,10 @@
 """Failure tests with real processes: Celery workers on a private Redis, a fresh PostgreSQL database, the
 reaper; workers are SIGKILLed, SIGSTOPped, SIGTERMed; Redis restarts empty; PostgreSQL cuts every connection.
-Every job must end exactly once, with each epoch recorded once."""
+Every job must end exactly once, with each epoch recorded once; an export whose worker is killed is made again."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import signal
 import threading
@@ -247,3 +248,33 @@ def test_a_corrupted_checkpoint_is_detected_and_the_previous_one_used(cluster):
     rows = assert_each_epoch_once(c, job_id, 4)
     assert [(e, a) for e, a, _ in rows] == [(1, 1), (2, 2), (3, 2), (4, 2)]  # epoch 2 was trained again
     assert "does not match its recorded sha256" in c.log("healthy")
+
+
+def test_kill_9_mid_export_and_a_restarted_worker_makes_it_again(cluster):
+    pytest.importorskip("onnxruntime")
+    c = cluster
+    c.start_reaper()
+    c.start_worker("stalls", CHAOS_STALL_EXPORT="1")
+    job_id = c.submit(body(c, epochs=1, exports=["onnx"]))
+    job = c.wait_status(job_id, {"succeeded", "failed"}, 120)
+    assert job.status == "succeeded", job.error
+    [export] = c.exports(job_id)  # queued when the job succeeded, sent by the worker that trained it
+    c.wait(lambda: "export stalled" in c.log("stalls"), 60, "the export to be under way")
+    claimed = c.export(export.id)
+    assert claimed.status == "running" and claimed.attempt == 1 and claimed.lease_owner
+    c.wait(
+        lambda: c.export(export.id).lease_expires_at > claimed.lease_expires_at, 3 * LEASE, "the lease to be renewed"
+    )
+    c.kill("stalls", signal.SIGKILL)  # mid-export: the ONNX file is made, verification has not finished
+    assert c.export(export.id).status == "running"  # nothing but its lease running out tells
+    c.start_worker("restarted")
+    made = c.wait(
+        lambda: (e := c.export(export.id)).status not in ("queued", "running") and e, 120, "the export to be made"
+    )
+    assert made.status == "verified", made.error
+    assert made.attempt == 2 and made.failures == 1 and made.error is None
+    path = Path(made.path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == made.sha256 and path.stat().st_size == made.size_bytes
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # the killed attempt's leftovers are gone
+    assert "exports: requeued 1, failed 0, sent 1" in c.log("reaper")
+    assert f"export {export.id}: attempt 2 claimed" in c.log("restarted")

@@ -1,10 +1,12 @@
 """Exports through the API and a worker: queued by the API, made and verified by worker.exporter, files checked
-by sha256, per project; a job's `exports` are queued when it succeeds; a re-delivered task makes it again."""
+by sha256, per project; a job's `exports` are queued when it succeeds; an export whose worker died is made again
+once the reaper finds its lease expired."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +17,8 @@ from app.main import create_app
 from app.models import Export
 from tests.factories import cifar_imagefolder_zip, tiny_job
 from worker.exporter import run_export
-from worker.runner import JobRunner
+from worker.reaper import Reaper
+from worker.runner import JobRunner, utcnow
 
 pytest.importorskip("onnxruntime")
 
@@ -86,10 +89,23 @@ def test_job_exports_redelivery_and_failure(service, tmp_path):
     client, settings, factory, runner, exports, enqueued = service
     job = trained_version(client, runner, enqueued, tmp_path, exports=["onnx"])
     assert len(exports) == 1  # queued by the runner when the job succeeded
-    # A worker that died mid-export left it running: the re-delivered task makes it again.
+    # A worker that died mid-export left it running: a re-delivered task leaves it be (it may still be alive),
+    # until its lease has run out and the reaper puts it back and sends it again.
     with session_scope(factory) as s:
-        s.execute(update(Export).where(Export.id == exports[0]).values(status="running"))
+        s.execute(
+            update(Export)
+            .where(Export.id == exports[0])
+            .values(status="running", attempt=1, lease_expires_at=utcnow() + timedelta(seconds=30))
+        )
+    assert run_export(settings, factory, exports[0]) == "skipped"
+    resent: list[uuid.UUID] = []
+    reaper = Reaper(settings, factory, lambda _id: None, send_export=resent.append)
+    later = utcnow() + timedelta(seconds=31)
+    assert exports[0] in reaper.sweep(now=later).exports_requeued and exports[0] in resent
     assert run_export(settings, factory, exports[0]) == "verified"
+    with session_scope(factory) as s:
+        remade = s.get(Export, exports[0])
+        assert remade.attempt == 2 and remade.failures == 1 and remade.error is None
     # Without its dataset an export cannot be calibrated or verified: it fails with the reason, and may be retried.
     assert client.delete(f"/datasets/{job['dataset_id']}").status_code == 204
     base = f"/models/{job['model_name']}/versions/1/exports"

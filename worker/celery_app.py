@@ -58,9 +58,10 @@ def send_train_task(celery: Celery, settings: Settings, job_id: uuid.UUID, *, re
     celery.send_task(TRAIN_TASK, args=[str(job_id)], queue=settings.queue, priority=priority)
 
 
-def send_export_task(celery: Celery, settings: Settings, export_id: uuid.UUID) -> None:
-    """Publish the export task for export_id (its row must already be committed)."""
-    celery.send_task(EXPORT_TASK, args=[str(export_id)], queue=settings.queue, priority=NEW_PRIORITY)
+def send_export_task(celery: Celery, settings: Settings, export_id: uuid.UUID, *, resent: bool = False) -> None:
+    """Publish the export task for export_id (its row must already be committed); `resent` jumps the queue."""
+    priority = RESENT_PRIORITY if resent else NEW_PRIORITY
+    celery.send_task(EXPORT_TASK, args=[str(export_id)], queue=settings.queue, priority=priority)
 
 
 def worker_app() -> Celery:

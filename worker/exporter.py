@@ -1,23 +1,31 @@
 """Make one export on a worker: ONNX (or int8, calibrated on the version's training images) from the version's
 checkpoint, verified against the fp32 model on its validation split (and test split) before it may be served.
 
-A re-delivered task (the worker died) makes the export again from the checkpoint; the file is written
-atomically, so a half-written one is never recorded.
+Exports are fenced like training jobs. A worker claims a queued export with one conditional UPDATE that bumps
+`attempt` and sets its lease, renews the lease from a thread while it works, and records the outcome only if it
+still holds that attempt. A worker that dies leaves the export `running` until its lease runs out; the reaper
+then puts it back in the queue and sends it again (worker/reaper.py). Each attempt writes its own file
+(atomically, named after the attempt), so a stale worker never replaces the file a newer attempt recorded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from sqlalchemy import update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -29,6 +37,7 @@ from app.ml.predictor import LoadedModel
 from app.ml.transforms import normalize_batch
 from app.models import Checkpoint, Dataset, Export, ExportStatus, Job
 from app.services.exports import SUFFIX, finished_now
+from worker.lease import LeaseKeeper, LeaseLost, with_db_retry
 
 log = logging.getLogger("visiontune.exporter")
 
@@ -36,33 +45,114 @@ CALIBRATION_IMAGES = 300  # "a few hundred of the version's training images"
 VERIFICATION_IMAGES = 2000  # per split, at most
 BATCH = 32
 
+T = TypeVar("T")
+
 
 class ExportFailed(Exception):
     """The export cannot be made (missing data or checkpoint); the message says why."""
 
 
-def run_export(settings: Settings, factory: sessionmaker[Session], export_id: uuid.UUID) -> str:
-    """Make, verify and record the export; returns its final status (or 'skipped' when already done)."""
+# ---------------------------------------------------------------- claim, lease and fenced writes
+
+
+def claim_export(settings: Settings, factory: sessionmaker[Session], export_id: uuid.UUID, owner: str) -> int | None:
+    """Take a queued export with one compare-and-set UPDATE; the new attempt number, or None if not ours.
+
+    Only `queued` exports are claimed: one whose worker died is put back in the queue by the reaper, which counts
+    the lost attempt. A duplicate task (re-sent, re-delivered) finds the export running or finished and skips.
+    """
+    now = finished_now()
     with session_scope(factory) as s:
         claimed = s.execute(
             update(Export)
-            .where(Export.id == export_id, Export.status.in_((ExportStatus.queued, ExportStatus.running)))
-            .values(status=ExportStatus.running)
+            .where(Export.id == export_id, Export.status == ExportStatus.queued)
+            .values(
+                status=ExportStatus.running,
+                attempt=Export.attempt + 1,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+            )
         ).rowcount
-    if not claimed:
-        return "skipped"
-    try:
-        fields = _make(settings, factory, export_id)
-    except Exception as exc:  # recorded on the export: its status says failed, the message why
-        log.exception("export %s failed", export_id)
-        reason = str(exc) if isinstance(exc, ExportFailed) else f"{exc.__class__.__name__}: {str(exc)[:300]}"
-        fields = {"status": ExportStatus.failed, "error": reason}
+        if not claimed:
+            return None
+        return s.scalar(select(Export.attempt).where(Export.id == export_id))
+
+
+def fenced_write(
+    settings: Settings, factory: sessionmaker[Session], export_id: uuid.UUID, attempt: int, **values: Any
+) -> bool:
+    """Renew the lease (and set values) only while this attempt holds the export; False once it lost it."""
+    values.setdefault("lease_expires_at", finished_now() + timedelta(seconds=settings.lease_seconds))
     with session_scope(factory) as s:
-        s.execute(update(Export).where(Export.id == export_id).values(finished_at=finished_now(), **fields))
-    return str(fields["status"])
+        return bool(
+            s.execute(
+                update(Export)
+                .where(Export.id == export_id, Export.attempt == attempt, Export.status == ExportStatus.running)
+                .values(**values)
+            ).rowcount
+        )
 
 
-def _make(settings: Settings, factory: sessionmaker[Session], export_id: uuid.UUID) -> dict[str, Any]:
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_export(
+    settings: Settings, factory: sessionmaker[Session], export_id: uuid.UUID, owner: str | None = None
+) -> str:
+    """Make, verify and record the export; returns its final status ('skipped' when it is not claimable,
+    'lease-lost' when another attempt took it over meanwhile)."""
+    owner = owner or worker_name()
+    attempt = with_db_retry(lambda: claim_export(settings, factory, export_id, owner), settings.lease_seconds)
+    if attempt is None:
+        log.info("export %s is not claimable (finished, or being made by a worker)", export_id)
+        return "skipped"
+    log.info("export %s: attempt %s claimed by %s", export_id, attempt, owner)
+    keeper = LeaseKeeper(
+        f"export-lease-{export_id}",
+        settings.lease_seconds,
+        renew=lambda: fenced_write(settings, factory, export_id, attempt),
+    )
+    keeper.start()
+    try:
+        try:
+            fields = _make(settings, factory, export_id, attempt, keeper)
+        except LeaseLost:
+            log.warning("export %s attempt %s lost its lease; stopping without writing", export_id, attempt)
+            return "lease-lost"
+        except Exception as exc:  # recorded on the export: its status says failed, the message why
+            log.exception("export %s failed", export_id)
+            reason = str(exc) if isinstance(exc, ExportFailed) else f"{exc.__class__.__name__}: {str(exc)[:300]}"
+            fields = {"status": ExportStatus.failed, "error": reason}
+        final = dict(fields, finished_at=finished_now(), lease_owner=None, lease_expires_at=None)
+        try:
+            recorded = with_db_retry(
+                lambda: fenced_write(settings, factory, export_id, attempt, **final), settings.lease_seconds
+            )
+        except (sa_exc.OperationalError, sa_exc.InterfaceError):
+            recorded = False  # still unreachable: the lease runs out and the reaper counts the attempt
+        made = Path(fields["path"]) if fields.get("path") else None
+        if not recorded:
+            log.warning(
+                "export %s attempt %s no longer holds its lease; not recording %s", export_id, attempt, fields["status"]
+            )
+            if made is not None:
+                made.unlink(missing_ok=True)
+            return "lease-lost"
+        if made is not None:
+            _prune_other_attempts(made)
+        return str(fields["status"])
+    finally:
+        keeper.stop()
+        keeper.join(timeout=10)
+
+
+def _make(
+    settings: Settings, factory: sessionmaker[Session], export_id: uuid.UUID, attempt: int, keeper: LeaseKeeper
+) -> dict[str, Any]:
     with session_scope(factory) as s:
         export = s.get(Export, export_id)
         assert export is not None
@@ -83,15 +173,16 @@ def _make(settings: Settings, factory: sessionmaker[Session], export_id: uuid.UU
     train, val = _train_val(splits, config)
     folder = settings.checkpoints_dir / str(job_id) / "exports"
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"model{SUFFIX[fmt]}"
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    final = folder / f"model-a{attempt}{SUFFIX[fmt]}"
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{fmt}-a{attempt}-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
         export_onnx(loaded.model.cpu(), loaded.image_size, fp32)
+        _check(keeper)
         made = fp32
         if fmt == "onnx-int8":
             made = Path(tmp) / "model.int8.onnx"
             calibration = train.subset(_sample(len(train), CALIBRATION_IMAGES, seed=1))
-            quantize_int8(fp32, made, (x for x, _ in _batches(loaded, calibration)))
+            quantize_int8(fp32, made, (x for x, _ in _guarded(_batches(loaded, calibration), keeper)))
         candidate = OnnxClassifier(made, threads=settings.torch_threads)
         reference = torch_logits(loaded.model)
         report: dict[str, Any] = {}
@@ -99,9 +190,10 @@ def _make(settings: Settings, factory: sessionmaker[Session], export_id: uuid.UU
             if samples is None or len(samples) == 0:
                 continue
             chosen = samples.subset(_sample(len(samples), VERIFICATION_IMAGES, seed=2))
-            report[split] = verify(reference, candidate.logits, _batches(loaded, chosen)).as_dict()
+            report[split] = verify(reference, candidate.logits, _guarded(_batches(loaded, chosen), keeper)).as_dict()
         if not report:
             raise ExportFailed("the version's dataset has no validation or test images to verify the export on")
+        _check(keeper)
         os.replace(made, final)
     passed = all(r["passed"] for r in report.values())
     status = ExportStatus.verified if passed else ExportStatus.rejected
@@ -122,6 +214,33 @@ def _make(settings: Settings, factory: sessionmaker[Session], export_id: uuid.UU
         "report": report,
         "error": None if passed else "; ".join(f"{k}: {r['reason']}" for k, r in report.items() if not r["passed"]),
     }
+
+
+def _prune_other_attempts(keep: Path) -> None:
+    """Remove what other attempts of this export left beside the recorded file: their files, temporary folders."""
+    named = re.fullmatch(r"model-a\d+(\..+)", keep.name)
+    assert named is not None, keep
+    suffix = named.group(1)
+    fmt = next(f for f, sfx in SUFFIX.items() if sfx == suffix)
+    for entry in keep.parent.iterdir():
+        if entry == keep:
+            continue
+        if entry.is_dir() and entry.name.startswith(f".{fmt}-a"):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif re.fullmatch(rf"model(-a\d+)?{re.escape(suffix)}", entry.name):
+            entry.unlink(missing_ok=True)
+
+
+def _check(keeper: LeaseKeeper) -> None:
+    if keeper.lost.is_set():
+        raise LeaseLost("another attempt owns the export now")
+
+
+def _guarded(batches: Iterable[T], keeper: LeaseKeeper) -> Iterator[T]:
+    """The batches, stopping (LeaseLost) as soon as the lease is lost: a stale attempt does no more work."""
+    for batch in batches:
+        _check(keeper)
+        yield batch
 
 
 def _train_val(splits: dict[str, SampleSet], config: dict[str, Any]) -> tuple[SampleSet, SampleSet | None]:

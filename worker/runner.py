@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from app.models import Checkpoint, Dataset, Epoch, Job, JobStatus
 from app.services.exports import queue_exports
 from app.services.registry import register_version
 from worker import shutdown
+from worker.lease import LeaseKeeper, LeaseLost, with_db_retry
 from worker.reaper import retry_delay
 
 log = logging.getLogger("visiontune.runner")
@@ -51,50 +50,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class LeaseLost(RuntimeError):
-    """Another attempt owns the job now; this worker must stop without writing."""
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews the job's lease and watches for cancellation while the job trains."""
-
-    def __init__(self, runner: JobRunner, job_id: uuid.UUID, attempt: int) -> None:
-        super().__init__(name=f"lease-{job_id}", daemon=True)
-        self.runner, self.job_id, self.attempt = runner, job_id, attempt
-        self.cancel = threading.Event()
-        self.lost = threading.Event()
-        self._stop_event = threading.Event()
-        self.poll = min(1.0, runner.settings.lease_seconds / 4)
-        self.renew_every = runner.settings.lease_seconds / 3
-
-    def run(self) -> None:
-        last_renewed = time.monotonic()
-        next_renew = 0.0
-        while not self._stop_event.wait(self.poll):
-            try:
-                if time.monotonic() >= next_renew:
-                    if not self.runner.renew_lease(self.job_id, self.attempt):
-                        self.lost.set()
-                        return
-                    last_renewed = time.monotonic()
-                    next_renew = last_renewed + self.renew_every
-                if self.runner.cancel_requested(self.job_id):
-                    self.cancel.set()
-            except Exception:  # database unreachable: keep trying until our lease would have run out
-                log.warning("lease renewal for job %s failed; retrying", self.job_id, exc_info=True)
-                if time.monotonic() - last_renewed > self.runner.settings.lease_seconds:
-                    self.lost.set()
-                    return
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-    def should_stop(self) -> bool:
-        return self.cancel.is_set() or self.lost.is_set() or shutdown.requested()
 
 
 @dataclass
@@ -204,21 +161,8 @@ class JobRunner:
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
     def with_db_retry(self, action: Callable[[], T]) -> T:
-        """Run a unit of work, retrying while the database is unreachable (restart, failover, killed backend).
-
-        Gives up after lease_seconds: by then the lease has run out and another attempt may own the job.
-        """
-        deadline = time.monotonic() + self.settings.lease_seconds
-        delay = 0.25
-        while True:
-            try:
-                return action()
-            except (sa_exc.OperationalError, sa_exc.InterfaceError):
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("database unreachable; retrying in %.2fs", delay, exc_info=True)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        """Run a unit of work, retrying while the database is unreachable, for at most lease_seconds."""
+        return with_db_retry(action, self.settings.lease_seconds)
 
     # ------------------------------------------------------------ the run
 
@@ -229,7 +173,12 @@ class JobRunner:
             log.info("job %s is not claimable (finished, canceled, waiting to retry or owned by a worker)", job_id)
             return "skipped"
         log.info("job %s: attempt %s claimed by %s", job_id, attempt, self.worker_id)
-        keeper = LeaseKeeper(self, job_id, attempt)
+        keeper = LeaseKeeper(
+            f"lease-{job_id}",
+            self.settings.lease_seconds,
+            renew=lambda: self.renew_lease(job_id, attempt),
+            canceled=lambda: self.cancel_requested(job_id),
+        )
         keeper.start()
         try:
             with session_scope(self.factory) as s:
@@ -447,8 +396,8 @@ class JobRunner:
             assert fresh is not None
             test_acc = result.test_metrics["accuracy"] if result.test_metrics else None
             version = register_version(s, fresh, best, test_acc)
-            export_ids = queue_exports(s, version, list(fresh.config.get("exports") or []))
             send = self.enqueue_export
+            export_ids = queue_exports(s, version, list(fresh.config.get("exports") or []), sent=send is not None)
             if send is not None:
                 after_commit(s, lambda: [send(export_id) for export_id in export_ids])
 

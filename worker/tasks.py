@@ -30,4 +30,4 @@ def register_tasks(celery: Celery) -> None:
         from worker.runner import get_runner
 
         runner = get_runner()
-        return run_export(get_settings(), runner.factory, uuid.UUID(export_id))
+        return run_export(get_settings(), runner.factory, uuid.UUID(export_id), owner=runner.worker_id)

@@ -36,8 +36,11 @@ def request_export(
     existing = session.scalar(select(Export).where(Export.job_id == version.job_id, Export.format == fmt))
     if existing is not None and existing.status != ExportStatus.failed:
         return existing, False
+    now = datetime.now(UTC)
     if existing is None:
-        existing = Export(project=version.project, job_id=version.job_id, format=fmt, status=ExportStatus.queued)
+        existing = Export(
+            project=version.project, job_id=version.job_id, format=fmt, status=ExportStatus.queued, enqueued_at=now
+        )
         try:
             with session.begin_nested():
                 session.add(existing)
@@ -45,8 +48,9 @@ def request_export(
             raced = session.scalar(select(Export).where(Export.job_id == version.job_id, Export.format == fmt))
             assert raced is not None
             return raced, False
-    else:
+    else:  # a failed export asked for again: a fresh budget of attempts (the attempt number, its fence, goes on)
         existing.status, existing.error, existing.finished_at = ExportStatus.queued, None, None
+        existing.failures, existing.enqueued_at = 0, now
     session.flush()
     export_id = existing.id
     details = {"model": version.model_name, "version": version.version, "format": fmt}
@@ -55,11 +59,21 @@ def request_export(
     return existing, True
 
 
-def queue_exports(session: Session, version: ModelVersion, formats: list[str]) -> list[uuid.UUID]:
-    """Queued exports for a version that was just registered (a job's `exports`); ids to send after commit."""
+def queue_exports(session: Session, version: ModelVersion, formats: list[str], sent: bool) -> list[uuid.UUID]:
+    """Queued exports for a version that was just registered (a job's `exports`); ids to send after commit.
+
+    `sent`: the caller sends their tasks after commit; if not, the reaper sends them on its next sweep.
+    """
     ids = []
+    enqueued_at = datetime.now(UTC) if sent else None
     for fmt in dict.fromkeys(formats):
-        export = Export(project=version.project, job_id=version.job_id, format=fmt, status=ExportStatus.queued)
+        export = Export(
+            project=version.project,
+            job_id=version.job_id,
+            format=fmt,
+            status=ExportStatus.queued,
+            enqueued_at=enqueued_at,
+        )
         session.add(export)
         session.flush()
         ids.append(export.id)
