@@ -190,9 +190,10 @@ def in_process(predictor: TorchPredictor, data: list[bytes], repeats: int, setti
 class Server:
     """A `visiontune api` process on a fresh SQLite database, its admin key, and a runner on the same database."""
 
-    def __init__(self, workdir: Path, train_per_class: int = 40) -> None:
+    def __init__(self, workdir: Path, train_per_class: int = 100, epochs: int = 3) -> None:
         self.key = new_key()
         self.train_per_class = train_per_class
+        self.epochs = epochs
         db = f"sqlite:///{workdir / 'vt.db'}"
         upgrade(db)
         broker = os.environ.get("VISIONTUNE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -228,7 +229,7 @@ class Server:
                 "model_name": MODEL,
                 "arch": arch,
                 "strategy": "linear",
-                "epochs": 1,
+                "epochs": self.epochs,
                 "image_size": image_size,
                 "batch_size": 32,
                 "val_fraction": 0.2,
@@ -282,6 +283,51 @@ class Server:
             r.raise_for_status()
 
 
+def jpeg_decode_rows(side: int, repeats: int = 5) -> list[dict]:
+    """Milliseconds to decode one large JPEG photo for a side×side model: in full (then shrunk to at most 1,024 px),
+    at reduced scale (Pillow's draft mode, as /predict does), and with torchvision.io (libjpeg-turbo, full size)."""
+    import torchvision.io
+
+    rows = []
+    limit = Settings().max_predict_image_bytes
+    test, _, _ = cifar_arrays("test_batch")
+    rng = np.random.default_rng(0)
+    for width, height in ((1920, 1080), (4032, 3024)):
+        # a photo-like image: a real CIFAR picture upscaled, with sensor-like noise (a 12 MP phone photo's size)
+        big = np.asarray(Image.fromarray(test[3]).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+        noisy = np.clip(big + rng.integers(-6, 7, big.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(noisy).save(buf, "JPEG", quality=90)
+        data = buf.getvalue()
+        ways = {
+            "full decode": lambda d=data: decode_uploads([ImageUpload("p.jpg", d)], 1, limit),
+            "reduced-scale decode (served)": lambda d=data: decode([d], side),
+            "torchvision.io.decode_jpeg (full)": lambda d=data: torchvision.io.decode_jpeg(
+                torch.frombuffer(bytearray(d), dtype=torch.uint8)
+            ),
+        }
+        base = None
+        for way, run in ways.items():
+            run()
+            seconds = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                run()
+                seconds.append(time.perf_counter() - t)
+            ms = statistics.median(seconds) * 1000
+            base = base or ms
+            rows.append(
+                {
+                    "image": f"{width}x{height} JPEG",
+                    "bytes": len(data),
+                    "way": way,
+                    "ms": ms,
+                    "speedup_vs_full": base / ms,
+                }
+            )
+    return rows
+
+
 def test_set() -> tuple[list[Image.Image], list[str]]:
     """The subset's test batch (1,017 real CIFAR images) as decoded images, and their class names."""
     images, labels, names = cifar_arrays("test_batch")
@@ -304,7 +350,10 @@ def backend_rows(
 ) -> list[dict]:
     """Per backend, in process: batch 1 and batch 32 images/s (decode + preprocess + forward) and accuracy and
     top-1 agreement with fp32 torch on the test batch; each against fp32 torch measured here."""
-    predictors: dict[str, Predictor] = {"torch": TorchPredictor(LoadedModel.from_file(*checkpoint))}
+    loaded = LoadedModel.from_file(*checkpoint)
+    predictors: dict[str, Predictor] = {"torch": TorchPredictor(loaded)}
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        predictors["torch-bf16"] = TorchPredictor(loaded, precision="bf16")  # VISIONTUNE_PREDICT_PRECISION=bf16
     rows: list[dict] = []
     for fmt, export in exports.items():
         backend = BACKEND_OF_FORMAT[fmt]
@@ -327,7 +376,7 @@ def backend_rows(
         rows.append(
             {
                 "backend": backend,
-                "status": "verified" if backend != "torch" else "checkpoint",
+                "status": "checkpoint" if backend.startswith("torch") else "verified",
                 "batch1_images_per_second": len(data) / b1,
                 "batch32_images_per_second": len(data) / b32,
                 "test_accuracy": acc,
@@ -595,7 +644,7 @@ def main() -> int:
             checkpoints = server.train_versions(tmp, args.arch, args.image_size, 1 if args.no_switch else 2)
             env["training_seconds"] = round(time.perf_counter() - t, 1)
             print(
-                f"trained {len(checkpoints)} version(s) of {MODEL} ({args.arch} linear, 1 epoch, "
+                f"trained {len(checkpoints)} version(s) of {MODEL} ({args.arch} linear, {server.epochs} epochs, "
                 f"{args.image_size} px) in {env['training_seconds']} s",
                 flush=True,
             )
@@ -610,6 +659,11 @@ def main() -> int:
             print_in_process(rows)
             result["rows"] = rows
 
+            result["jpeg_decode"] = jpeg_decode_rows(args.image_size)
+            print(f"\n{'large JPEG':18} {'decode':36} {'ms':>7} {'vs full':>8}")
+            for r in result["jpeg_decode"]:
+                print(f"{r['image']:18} {r['way']:36} {r['ms']:7.1f} {r['speedup_vs_full']:7.2f}x")
+
             formats = [f for f in args.formats.split(",") if f]
             exports = server.make_exports(formats) if formats else {}
             result["backends"] = backend_rows(checkpoints[0], exports, [d for _, d, _ in images], args.repeats, threads)
@@ -622,7 +676,7 @@ def main() -> int:
                 "visiontune", f"{server.base}/predict", images, levels, args.seconds, server.headers, {"model": MODEL}
             )
             for row in result["backends"]:
-                if row["backend"] == "torch" or row["status"] != "verified":
+                if row["status"] != "verified":
                     continue
                 server.alias(row["backend"], 1, row["backend"])  # bench@int8 serves version 1 on int8
                 http += sweep(
@@ -673,7 +727,7 @@ def main() -> int:
                 row["requests_per_second"] / peer_c[c]["requests_per_second"]
             )
     for row in result.get("backends", []):
-        if row["backend"] != "torch" and "batch32_vs_torch" in row:
+        if row["backend"] != "torch" and "batch32_vs_torch" in row and row["status"] == "verified":
             ratios[f"{row['backend']}_vs_torch_batch32_ceiling"] = row["batch32_vs_torch"]
             ratios[f"{row['backend']}_accuracy_points_vs_torch"] = row["accuracy_points_vs_torch"]
             over_http = [r for r in http if r["server"] == f"vt {row['backend']}" and r["concurrency"] == 32]
