@@ -201,3 +201,85 @@ def test_torch_compile_on_cuda_matches_eager(checkpoint):
     compiled = load_local(ModelSpec("cc", "torch", str(path), sha, "cuda", precision="fp32", compile=True))
     assert compiled.forward is not compiled.loaded.model  # really compiled, not the fallback
     assert torch.allclose(compiled.predict_batch(x), eager, atol=1e-3)
+
+
+# ---------------------------------------------------------------- several API processes
+
+
+def _descendants(pid: int) -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process below pid."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child in children.get(parent, []):
+            try:
+                cmdline = open(f"/proc/{child}/cmdline").read().replace("\0", " ")
+            except OSError:
+                continue
+            out.append((child, parent, cmdline))
+            todo.append(child)
+    return out
+
+
+@pytest.mark.e2e
+def test_two_api_processes_each_serve_through_their_own_model_host(tmp_path):
+    import httpx
+
+    from app.auth import new_key
+    from app.config import Settings
+    from app.migrate import upgrade
+    from tests.conftest import REDIS_URL
+    from tests.processes import bearer, free_port, python, start, stop, wait_http
+    from tests.test_switch import red_png, train_two_versions
+
+    db = f"sqlite:///{tmp_path / 'vt.db'}"
+    upgrade(db)
+    key, queue = new_key(), f"hosts-{os.getpid()}"
+    env = {
+        "VISIONTUNE_DATABASE_URL": db,
+        "VISIONTUNE_DATA_DIR": str(tmp_path / "data"),
+        "VISIONTUNE_BROKER_URL": f"{REDIS_URL}/0",
+        "VISIONTUNE_QUEUE": queue,
+        "VISIONTUNE_ADMIN_KEY": key,
+        "VISIONTUNE_RATE_LIMIT_PREDICT": "1000000/minute",
+        "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
+    }
+    settings = Settings(
+        database_url=db, data_dir=tmp_path / "data", broker_url=f"{REDIS_URL}/0", queue=queue, admin_key=key
+    )
+    port, log = free_port(), tmp_path / "api.log"
+    api = start(python("-m", "app.cli", "api", "--port", str(port), "--workers", "2"), env, log)
+    base, auth = f"http://127.0.0.1:{port}", bearer(key)
+    try:
+        wait_http(f"{base}/health", api, log)
+        train_two_versions(base, auth, settings, tmp_path, "multi")
+        image, answers, hosts = red_png(), [], set()
+        deadline = time.monotonic() + 90
+
+        def one() -> None:
+            with httpx.Client(base_url=base, headers=auth, timeout=60) as c:  # a new connection each time
+                r = c.post("/predict", files={"files": ("r.png", image, "image/png")}, data={"model": "multi"})
+                answers.append((r.status_code, r.json().get("version")))
+
+        while time.monotonic() < deadline and (len(hosts) < 2 or len(answers) < 40):
+            threads = [threading.Thread(target=one) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(90)
+            below = _descendants(api.pid)
+            workers = {pid for pid, parent, cmd in below if parent == api.pid and "spawn_main" in cmd}
+            hosts = {pid for pid, parent, cmd in below if parent in workers and "spawn_main" in cmd}
+        assert answers and all(status == 200 for status, _ in answers), answers[:5]
+        assert len({version for _, version in answers}) == 1  # both processes serve the same best version
+        assert len(workers) == 2 and len(hosts) == 2, below  # one model host under each API process
+    finally:
+        stop(api)
