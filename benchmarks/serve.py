@@ -423,10 +423,13 @@ async def _load(
     headers: dict[str, str] | None = None,
     form: dict[str, str] | None = None,
     switch: Switch | None = None,
+    stop: asyncio.Event | None = None,
+    linger: float = 0.0,
     as_json: bool = False,
 ) -> tuple[float, list[tuple[float, float, int, int | None]], list[dict]]:
-    """`concurrency` clients sending one image per request for `seconds`: (wall, [(sent, latency, status,
-    version)], switch events); switch, if given, runs beside them with its own client."""
+    """`concurrency` clients sending one image per request for `seconds` (or until `linger` seconds after `stop`
+    is set): (wall, [(sent, latency, status, version)], switch events); switch, if given, runs beside them with
+    its own client."""
     limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
     results: list[tuple[float, float, int, int | None]] = []
     events: list[dict] = []
@@ -436,9 +439,20 @@ async def _load(
         t0 = time.perf_counter()
         deadline = t0 + seconds
 
+        stopped_at: list[float] = []
+
+        async def watch_stop() -> None:
+            if stop is not None:
+                await stop.wait()
+                stopped_at.append(time.perf_counter())
+
+        def running() -> bool:
+            now = time.perf_counter()
+            return now < deadline and not (stopped_at and now > stopped_at[0] + linger)
+
         async def one(i: int) -> None:
             n = i
-            while time.perf_counter() < deadline:
+            while running():
                 name, data, ctype = images[n % len(images)]
                 sent = time.perf_counter()
                 try:
@@ -458,6 +472,7 @@ async def _load(
                 n += concurrency
 
         tasks = [one(i) for i in range(concurrency)]
+        watcher = asyncio.ensure_future(watch_stop())
         if switch is not None:
 
             async def run_switch() -> None:
@@ -465,6 +480,7 @@ async def _load(
 
             tasks.append(run_switch())
         await asyncio.gather(*tasks)
+        watcher.cancel()
         wall = time.perf_counter() - t0
     return wall, results, events
 
@@ -504,26 +520,30 @@ def sweep(label: str, url: str, images, levels, seconds, headers=None, form=None
     return rows
 
 
-def switch_under_load(server: Server, images, concurrency: int, seconds: float, other: int) -> dict:
-    """Promote `other` a third of the way in and roll back at two thirds, while clients send /predict."""
+def switch_under_load(server: Server, images, concurrency: int, phase: float, other: int) -> dict:
+    """Promote `other` after `phase` seconds of load, roll back `phase` seconds after the promotion returned, and
+    keep the load on for `phase` seconds after that, while clients send /predict."""
 
     async def switch(c: httpx.AsyncClient, t0: float) -> list[dict]:
         events = []
-        for at, label, path in (
-            (seconds / 3, "promote", f"/models/{MODEL}/versions/{other}/promote"),
-            (2 * seconds / 3, "rollback", f"/models/{MODEL}/rollback"),
+        for label, path in (
+            ("promote", f"/models/{MODEL}/versions/{other}/promote"),
+            ("rollback", f"/models/{MODEL}/rollback"),
         ):
-            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            await asyncio.sleep(phase)
             began = time.perf_counter() - t0
             r = await c.post(f"{server.base}{path}")
             events.append(
                 {"switch": label, "status": r.status_code, "began_s": began, "done_s": time.perf_counter() - t0}
             )
+        stop.set()
         return events
 
+    stop = asyncio.Event()
     url = f"{server.base}/predict"
+    # The load runs until `phase` after the rollback returned (a switch warms the new target first: seconds).
     wall, results, events = asyncio.run(
-        _load(url, images, concurrency, seconds, server.headers, {"model": MODEL}, switch)
+        _load(url, images, concurrency, 3 * phase + 60, server.headers, {"model": MODEL}, switch, stop, phase)
     )
     row = summarize("visiontune", concurrency, wall, results)
     # Which version answered in each window between switches (requests sent while one was in flight excluded).
@@ -691,7 +711,7 @@ def main() -> int:
             result["http"] = http
             if not args.no_switch:
                 other = 2 if serving == 1 else 1
-                sw = switch_under_load(server, images, 32, max(6.0, args.seconds), other)
+                sw = switch_under_load(server, images, 32, max(2.0, args.seconds / 2), other)
                 result["switch"] = sw
                 print(
                     f"  switch at c=32 (promote v{other}, then roll back): {sw['requests']} requests, "
