@@ -83,6 +83,10 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         rate_limit_write="100000/minute",
         max_active_jobs=100_000,  # PostgreSQL's database (and its default project) is shared by the session
         rate_limit_predict="100000/minute",
+        # The in-process apps of these tests run the forward on a thread: a model host per app would spawn a child
+        # (seconds of importing torch) for every test that predicts. The host itself is tested in
+        # tests/test_model_host.py, and every test that starts a real `visiontune api` runs with it.
+        predict_isolation="thread",
     )
 
 

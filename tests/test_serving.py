@@ -19,7 +19,6 @@ from app.errors import ServiceUnavailable
 from app.ml.backbones import build_model
 from app.ml.predictor import LoadedModel
 from app.serving.batcher import Batcher, Part, plan_batch
-from app.serving.host import HostedPredictor
 from app.serving.predictor import Predictor, TorchPredictor
 from tests.factories import tiny_job
 from worker.runner import JobRunner
@@ -211,16 +210,16 @@ def test_predict_route_batches_without_a_session_and_takes_raw_images(
     assert r.status_code == 202, r.text
     assert runner.run(enqueued[-1]) == "succeeded"
 
-    # No database connection is checked out while the forward runs (in the model host; sent from here).
+    # No database connection is checked out while the forward runs.
     pool = client.app.state.engine.pool
     checked_out: list[int] = []
-    forward = HostedPredictor.predict_batch
+    forward = TorchPredictor.predict_batch
 
     def watched(self, batch):
         checked_out.append(pool.checkedout())
         return forward(self, batch)
 
-    monkeypatch.setattr(HostedPredictor, "predict_batch", watched)
+    monkeypatch.setattr(TorchPredictor, "predict_batch", watched)
     png = encoded("PNG")
     r = client.post("/predict", files=[("files", ("x.png", png, "image/png"))], data={"model": name, "top_k": "2"})
     assert r.status_code == 200, r.text
