@@ -179,8 +179,6 @@ def test_a_model_that_does_not_compile_is_served_eagerly(checkpoint, monkeypatch
 
 @pytest.mark.gpu
 def test_fp16_on_cuda_in_the_host_agrees_with_fp32(host, checkpoint):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     path, sha = checkpoint
     x = batch(32)
     fp32 = TorchPredictor(LoadedModel.from_file(path, sha)).predict_batch(x)
@@ -192,8 +190,6 @@ def test_fp16_on_cuda_in_the_host_agrees_with_fp32(host, checkpoint):
 
 @pytest.mark.gpu
 def test_torch_compile_on_cuda_matches_eager(checkpoint):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     path, sha = checkpoint
     loaded = LoadedModel.from_file(path, sha, device="cuda")
     x = batch(16)

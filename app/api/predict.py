@@ -49,6 +49,7 @@ def predict(request: Request, caller: PredictCaller, settings: SettingsDep) -> P
         settings.max_predict_image_bytes,
         **limits,
         draft_side=predictor.image_size,
+        checked=True,
     )
     probs = request.app.state.batcher.submit_images(served.cache_key, predictor, images).result()
     results = top_labels(probs, predictor.class_names, form.top_k)

@@ -86,6 +86,7 @@ def decode_uploads(
     max_request_pixels: int = _setting("max_predict_request_pixels"),
     max_side: int = PREDICT_MAX_SIDE,
     draft_side: int | None = None,
+    checked: bool = False,
 ) -> list[Image.Image]:
     """PIL images for every upload, checked first (check_uploads), then decoded one at a time, each shrunk at once
     to a shorter side of at most max_side. With draft_side (the model's input size), a JPEG is decoded at the
