@@ -91,8 +91,10 @@ def decode_uploads(
     """PIL images for every upload, checked first (check_uploads), then decoded one at a time, each shrunk at once
     to a shorter side of at most max_side. With draft_side (the model's input size), a JPEG is decoded at the
     smallest of 1/2, 1/4, 1/8 scale that still covers draft_side on both sides (libjpeg's DCT scaling): a large
-    photo decodes several times faster, and the model's own resize then takes it the rest of the way."""
-    check_uploads(uploads, max_images, max_bytes, max_pixels=max_pixels, max_request_pixels=max_request_pixels)
+    photo decodes several times faster, and the model's own resize then takes it the rest of the way. checked: the
+    caller ran check_uploads with these limits already (each header is then parsed once)."""
+    if not checked:
+        check_uploads(uploads, max_images, max_bytes, max_pixels=max_pixels, max_request_pixels=max_request_pixels)
     return [_decode_one(up, max_pixels, max_side, draft_side) for up in uploads]
 
 
