@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import audit, datasets, exports, health, jobs, keys, models, predict
+from app.api import audit, datasets, exports, health, jobs, keys, predict, registry
 from app.api.middleware import install_middleware
 from app.api.ratelimit import RateLimiter
 from app.api.swagger_ui import install_docs
@@ -197,7 +197,7 @@ def create_app(
         redoc_url=None,  # ReDoc needs inline styles and a blob: worker, which the CSP refuses
     )
     install_error_handlers(app)
-    for module in (health, datasets, jobs, models, exports, predict, keys, audit):
+    for module in (health, datasets, jobs, registry, exports, predict, keys, audit):
         app.include_router(module.router)
     install_docs(app)
     install_middleware(app, settings)

@@ -21,6 +21,10 @@ MAX_VERSION = 2**31 - 1
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"  # e.g. production, staging; /predict takes `model=name@alias`
 
 
+DatasetFormat = Literal["imagefolder", "cifar10"]
+DatasetSource = Literal["upload", "local"]
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     total: int
@@ -33,8 +37,8 @@ class DatasetOut(BaseModel):
 
     id: uuid.UUID
     name: str
-    format: Literal["imagefolder", "cifar10"]
-    source: Literal["upload", "local"]
+    format: DatasetFormat
+    source: DatasetSource
     class_names: list[str]
     num_classes: int
     num_images: int

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -13,7 +13,7 @@ from app.api.docs import errors
 from app.api.uploads import DATASET_UPLOAD_OPENAPI, read_dataset_form
 from app.db import session_scope
 from app.models import Dataset
-from app.schemas import MAX_OFFSET, DatasetOut, DatasetRegister, Page
+from app.schemas import MAX_OFFSET, DatasetFormat, DatasetOut, DatasetSource, DatasetRegister, Page
 from app.services import audit, quotas
 from app.services import datasets as service
 
@@ -24,8 +24,8 @@ def to_out(d: Dataset) -> DatasetOut:
     return DatasetOut(
         id=d.id,
         name=d.name,
-        format=d.format,
-        source=d.source,
+        format=cast(DatasetFormat, d.format),
+        source=cast(DatasetSource, d.source),
         class_names=d.class_names,  # type: ignore[arg-type]
         num_classes=len(d.class_names),
         num_images=d.num_images,

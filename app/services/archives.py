@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from app.config import Settings
 from app.errors import InvalidDataset, PayloadTooLarge, UnsupportedMediaType
@@ -234,7 +234,7 @@ class _Writer:
                 path.unlink(missing_ok=True)
 
 
-def _read_chunks(src: BinaryIO) -> Iterator[bytes]:
+def _read_chunks(src: IO[bytes]) -> Iterator[bytes]:
     """src in chunks; a decompression or CRC failure is 422 'the archive is damaged', with no internals."""
     while True:
         try:
@@ -378,7 +378,8 @@ def _next_member(tf: tarfile.TarFile) -> tarfile.TarInfo | None:
         member = tf.next()
     except _READ_ERRORS:
         raise InvalidDataset(DAMAGED) from None
-    tf.members.clear()  # tarfile keeps every member it read; nothing here needs them again
+    # tarfile keeps every member it read (an attribute its stubs leave out); nothing here needs them again
+    tf.members.clear()  # type: ignore[attr-defined]
     return member
 
 
