@@ -1,4 +1,5 @@
-"""GET /models, promote / unpin versions, aliases, the history of changes and rollback (the caller's project only)."""
+"""The model registry's routes: GET /models, promote / unpin versions, aliases, the history of changes and rollback
+(the caller's project only)."""
 
 from __future__ import annotations
 
