@@ -25,6 +25,7 @@ from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
+from app.services.prediction import resolve_served
 from app.serving.batcher import Batcher, serving_threads
 from app.serving.host import ModelHost
 from app.serving.targets import ServingTargets
@@ -164,6 +165,7 @@ def create_app(
         app.state.model_cache = ModelCache(on_evict=(lambda key, _p: host.drop(key)) if host is not None else None)
         app.state.serving_targets = ServingTargets(
             app.state.model_cache,
+            resolve_served,
             host,
             lookup_ttl_s=settings.predict_lookup_ttl_ms / 1000,
             precision=settings.predict_precision,

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from app.ml.predictor import ModelCache
-from app.services.prediction import ServedVersion
+from app.services.prediction import resolve_served
+from app.serving.served import ServedVersion
 from app.serving.targets import ServingTargets
 
 
@@ -47,7 +48,7 @@ def wait_for(condition, deadline: float = 10.0) -> None:
 
 def test_the_previous_target_answers_until_the_new_one_is_warm():
     cache = ModelCache()
-    targets = ServingTargets(cache)
+    targets = ServingTargets(cache, resolve_served)
     release = threading.Event()
     loads: list[int] = []
 
@@ -77,7 +78,7 @@ def test_the_previous_target_answers_until_the_new_one_is_warm():
 
 def test_a_target_that_cannot_load_never_takes_traffic():
     cache = ModelCache()
-    targets = ServingTargets(cache)
+    targets = ServingTargets(cache, resolve_served)
 
     def load(s: ServedVersion) -> Fake:
         if s.version == 2:

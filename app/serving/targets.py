@@ -20,13 +20,16 @@ from app.config import Settings
 from app.db import session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
-from app.services.prediction import ServedVersion, load_predictor, resolve_served
 from app.serving.host import ModelHost
 from app.serving.predictor import Predictor
+from app.serving.served import ServedVersion, load_predictor
 
 log = logging.getLogger("visiontune.serving")
 
 Loader = Callable[[ServedVersion], Predictor]
+# (session, project, name or name@alias, version, backend, device) -> what serves: the registry's lookup
+# (app.services.prediction.resolve_served), handed in so that serving never imports the use-cases.
+Resolver = Callable[[Session, str, str | None, int | None, str, str], ServedVersion]
 MAX_LOOKUPS = 4096
 
 
@@ -36,12 +39,14 @@ class ServingTargets:
     def __init__(
         self,
         cache: ModelCache,
+        resolve_served: Resolver,
         host: ModelHost | None = None,
         lookup_ttl_s: float = 1.0,
         precision: str = "auto",
         compile: bool = False,
     ) -> None:
         self.cache = cache
+        self.resolve_served = resolve_served
         self.precision = precision  # the torch backend's (VISIONTUNE_PREDICT_PRECISION)
         self.compile = compile  # VISIONTUNE_PREDICT_COMPILE
         self.host = host  # the inference process models load into; None: this process
@@ -89,7 +94,7 @@ class ServingTargets:
         if hit is not None and now - hit[0] < self.lookup_ttl_s:
             return hit[1]
         with session_scope(factory) as session:
-            served = resolve_served(session, project, name, version, backend, device)
+            served = self.resolve_served(session, project, name, version, backend, device)
         if len(self._lookups) >= MAX_LOOKUPS:  # names sent by callers: never an unbounded dict
             self._lookups.clear()
         self._lookups[key] = (now, served)
@@ -108,7 +113,7 @@ class ServingTargets:
         that this process switches at once (others warm it in the background on their next request)."""
         device = settings.resolved_predict_device()
         try:
-            served = resolve_served(session, project, ref, None, settings.predict_backend, device)
+            served = self.resolve_served(session, project, ref, None, settings.predict_backend, device)
         except VisiontuneError:
             return  # nothing serves under that name any more
         threads = settings.predict_threads or settings.torch_threads
