@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import DateTime, Dialect, MetaData, TypeDecorator, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import DateTime, Dialect, Executable, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -42,7 +43,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     # WAL lets the API read while the worker writes; the busy timeout absorbs short write contention.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -66,8 +67,14 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def after_commit(session: Session, action: Callable[[], None]) -> None:
-    """Run action once the unit of work that session belongs to has committed (e.g. enqueue a task)."""
+def updated_rows(session: Session, statement: Executable) -> int:
+    """Execute an UPDATE or DELETE; how many rows it matched (the compare-and-set answer)."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+def after_commit(session: Session, action: Callable[[], object]) -> None:
+    """Run action once the unit of work that session belongs to has committed (e.g. enqueue a task); what it
+    returns is ignored."""
     session.info.setdefault("after_commit", []).append(action)
 
 
