@@ -25,27 +25,13 @@ from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
+from app.queue import api_senders
 from app.services.prediction import resolve_served
 from app.serving.batcher import Batcher, serving_threads
 from app.serving.host import ModelHost
 from app.serving.targets import ServingTargets
 
 log = logging.getLogger("visiontune.api")
-
-
-def celery_enqueue(settings: Settings) -> Callable[[uuid.UUID], None]:
-    """Send the training task for a job id to the broker."""
-    from worker.celery_app import make_celery, send_train_task
-
-    celery = make_celery(settings)
-
-    def enqueue(job_id: uuid.UUID) -> None:
-        try:
-            send_train_task(celery, settings, job_id)
-        except Exception:  # the job stays queued in SQL and the reaper sends it later; logged, not lost
-            log.exception("could not enqueue job %s", job_id)
-
-    return enqueue
 
 
 def bootstrap_admin_key(factory: sessionmaker[Session], secret: bytes, plaintext: str) -> None:
@@ -128,21 +114,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", "internal error; see the server log")
 
 
-def celery_enqueue_export(settings: Settings) -> Callable[[uuid.UUID], None]:
-    """Send the export task for an export id to the broker."""
-    from worker.celery_app import make_celery, send_export_task
-
-    celery = make_celery(settings)
-
-    def enqueue(export_id: uuid.UUID) -> None:
-        try:
-            send_export_task(celery, settings, export_id)
-        except Exception:  # the export stays queued; asking for it again re-sends it
-            log.exception("could not enqueue export %s", export_id)
-
-    return enqueue
-
-
 def create_app(
     settings: Settings | None = None,
     enqueue: Callable[[uuid.UUID], None] | None = None,
@@ -171,8 +142,9 @@ def create_app(
             precision=settings.predict_precision,
             compile=settings.predict_compile,
         )
-        app.state.enqueue = enqueue or celery_enqueue(settings)
-        app.state.enqueue_export = enqueue_export or celery_enqueue_export(settings)
+        send_train, send_export = api_senders(settings)  # a Celery app; it connects on the first send
+        app.state.enqueue = enqueue or send_train
+        app.state.enqueue_export = enqueue_export or send_export
         app.state.secret = server_secret(settings)
         app.state.rate_limiter = RateLimiter(settings)
         if settings.admin_key:

@@ -199,13 +199,13 @@ class Cluster:
 
     def celery(self) -> Any:
         if self._celery is None:
-            from worker.celery_app import make_celery
+            from app.queue import make_celery
 
             self._celery = make_celery(self.settings)
         return self._celery
 
     def send(self, job_id: uuid.UUID) -> None:
-        from worker.celery_app import send_train_task
+        from app.queue import send_train_task
 
         send_train_task(self.celery(), self.settings, job_id)
 
@@ -277,7 +277,7 @@ class Cluster:
     def queue_length(self) -> int:
         import redis
 
-        from worker.celery_app import redis_queue_keys
+        from app.queue import redis_queue_keys
 
         client = redis.Redis(port=self.redis_port)
         return sum(int(client.llen(key)) for key in redis_queue_keys(self.settings.queue))

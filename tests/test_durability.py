@@ -12,12 +12,15 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
+from app import job_state
 from app.db import make_engine, make_sessionmaker, session_scope
-from app.models import Checkpoint, Epoch, Job
+from app.job_state import LeaseLost
+from app.models import Checkpoint, Epoch, Job, utcnow
+from app.queue import redis_probe
 from tests.factories import tiny_job
 from worker import shutdown
-from worker.reaper import Reaper, redis_probe
-from worker.runner import JobRunner, LeaseLost, utcnow
+from worker.reaper import Reaper
+from worker.runner import JobRunner
 
 
 class SimulatedCrash(BaseException):
@@ -154,7 +157,7 @@ def test_a_stale_attempt_cannot_write_anything(client, settings, factory, datase
     assert runner.release(job_id, first) == "lease-lost"
     runner.finish(job_id, first, "failed", error="stale")  # logged and dropped
     with pytest.raises(LeaseLost), session_scope(factory) as s:
-        runner._fence(s, job_id, first, last_epoch=9)
+        job_state.fenced_write(s, job_id, first, settings.lease_seconds, last_epoch=9)
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "running" and job["error"] != "stale" and job["last_epoch"] is None
 
@@ -263,7 +266,7 @@ def test_idempotency_key_returns_the_same_job_and_refuses_another_body(client, e
 
 
 def test_the_reaper_resends_only_what_the_real_redis_queue_lost(client, settings, factory, dataset_id):
-    from worker.celery_app import make_celery, redis_queue_keys, send_train_task
+    from app.queue import make_celery, redis_queue_keys, send_train_task
 
     job_id = submit(client, job_body(dataset_id))
     celery = make_celery(settings)
@@ -286,7 +289,7 @@ def test_the_reaper_resends_only_what_the_real_redis_queue_lost(client, settings
 
 def test_resent_tasks_are_served_before_new_submissions(settings):
     """A job resuming after its worker died (or re-sent after Redis lost it) does not wait behind the queue."""
-    from worker.celery_app import make_celery, send_train_task
+    from app.queue import make_celery, send_train_task
 
     celery = make_celery(settings)
     new = [uuid.uuid4() for _ in range(3)]
@@ -309,12 +312,12 @@ def test_a_task_whose_worker_died_before_claiming_is_sent_again(client, settings
     import sys
     import time
 
-    from worker.celery_app import make_celery, send_train_task
+    from app.queue import make_celery, send_train_task
 
     job_id = submit(client, job_body(dataset_id))
     send_train_task(make_celery(settings), settings, job_id)
     taker = (
-        "import os, signal; from app.config import Settings; from worker.celery_app import make_celery\n"
+        "import os, signal; from app.config import Settings; from app.queue import make_celery\n"
         f"s = Settings(broker_url={settings.broker_url!r}, queue={settings.queue!r})\n"
         "conn = make_celery(s).connection_for_read(); m = conn.default_channel.basic_get(s.queue)\n"
         "assert m is not None; os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -15,9 +15,9 @@ from sqlalchemy import update
 
 import worker.exporter as exporter
 from app.db import make_engine, make_sessionmaker, session_scope
-from app.models import Export, ExportStatus, Job, JobStatus
+from app.models import Export, ExportStatus, Job, JobStatus, utcnow
 from worker.exporter import claim_export, fenced_write, run_export
-from worker.reaper import Reaper, utcnow
+from worker.reaper import Reaper
 
 
 @pytest.fixture

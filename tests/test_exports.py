@@ -14,11 +14,11 @@ from sqlalchemy import update
 
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.main import create_app
-from app.models import Export
+from app.models import Export, utcnow
 from tests.factories import cifar_imagefolder_zip, tiny_job
 from worker.exporter import run_export
 from worker.reaper import Reaper
-from worker.runner import JobRunner, utcnow
+from worker.runner import JobRunner
 
 pytest.importorskip("onnxruntime")
 

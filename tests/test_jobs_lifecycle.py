@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from sqlalchemy import update
 
+from app import job_state
 from app.db import make_engine, make_sessionmaker, session_scope
-from app.models import Job
+from app.job_state import LeaseLost
+from app.models import Job, utcnow
 from tests.factories import png_bytes, tiny_job
 from worker.reaper import Reaper
-from worker.runner import JobRunner, LeaseLost, utcnow
+from worker.runner import JobRunner
 
 
 @pytest.fixture
@@ -83,7 +85,7 @@ def test_claims_are_exclusive_and_stale_attempts_are_fenced(client, runner, sett
     assert runner.renew_lease(job_id, second) is True
     assert runner.renew_lease(job_id, first) is False
     with pytest.raises(LeaseLost), session_scope(runner.factory) as s:
-        runner._fence(s, job_id, first, status="succeeded")
+        job_state.succeed(s, job_id, first)
     assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
 
 

@@ -5,7 +5,8 @@ Exports are fenced like training jobs. A worker claims a queued export with one 
 `attempt` and sets its lease, renews the lease from a thread while it works, and records the outcome only if it
 still holds that attempt. A worker that dies leaves the export `running` until its lease runs out; the reaper
 then puts it back in the queue and sends it again (worker/reaper.py). Each attempt writes its own file
-(atomically, named after the attempt), so a stale worker never replaces the file a newer attempt recorded.
+(atomically, named after the attempt), so a stale worker never replaces the file a newer attempt recorded. The
+transitions themselves (claim, fenced writes, the reaper's) are app/export_state.py's.
 """
 
 from __future__ import annotations
@@ -18,26 +19,26 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import export_state
 from app.config import Settings
 from app.db import session_scope
+from app.job_state import LeaseLost
 from app.ml.checkpoint import file_sha256
 from app.ml.data import SampleSet, load_splits, stratified_split
 from app.ml.export import OnnxClassifier, export_onnx, quantize_int8, torch_logits, verify
 from app.ml.predictor import LoadedModel
 from app.ml.transforms import normalize_batch
-from app.models import Checkpoint, Dataset, Export, ExportStatus, Job
-from app.services.exports import SUFFIX, finished_now
-from worker.lease import LeaseKeeper, LeaseLost, with_db_retry
+from app.models import Checkpoint, Dataset, Export, ExportStatus, Job, utcnow
+from app.services.exports import SUFFIX
+from worker.lease import LeaseKeeper, with_db_retry
 
 log = logging.getLogger("visiontune.exporter")
 
@@ -52,45 +53,21 @@ class ExportFailed(Exception):
     """The export cannot be made (missing data or checkpoint); the message says why."""
 
 
-# ---------------------------------------------------------------- claim, lease and fenced writes
+# ---------------------------------------------------------------- claim, lease and fenced writes (units of work)
 
 
 def claim_export(settings: Settings, factory: sessionmaker[Session], export_id: uuid.UUID, owner: str) -> int | None:
-    """Take a queued export with one compare-and-set UPDATE; the new attempt number, or None if not ours.
-
-    Only `queued` exports are claimed: one whose worker died is put back in the queue by the reaper, which counts
-    the lost attempt. A duplicate task (re-sent, re-delivered) finds the export running or finished and skips.
-    """
-    now = finished_now()
+    """Take a queued export (app.export_state.claim); the new attempt number, or None if it is not ours."""
     with session_scope(factory) as s:
-        claimed = s.execute(
-            update(Export)
-            .where(Export.id == export_id, Export.status == ExportStatus.queued)
-            .values(
-                status=ExportStatus.running,
-                attempt=Export.attempt + 1,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-            )
-        ).rowcount
-        if not claimed:
-            return None
-        return s.scalar(select(Export.attempt).where(Export.id == export_id))
+        return export_state.claim(s, export_id, owner, settings.lease_seconds)
 
 
 def fenced_write(
     settings: Settings, factory: sessionmaker[Session], export_id: uuid.UUID, attempt: int, **values: Any
 ) -> bool:
     """Renew the lease (and set values) only while this attempt holds the export; False once it lost it."""
-    values.setdefault("lease_expires_at", finished_now() + timedelta(seconds=settings.lease_seconds))
     with session_scope(factory) as s:
-        return bool(
-            s.execute(
-                update(Export)
-                .where(Export.id == export_id, Export.attempt == attempt, Export.status == ExportStatus.running)
-                .values(**values)
-            ).rowcount
-        )
+        return export_state.fenced_write(s, export_id, attempt, settings.lease_seconds, **values)
 
 
 def worker_name() -> str:
@@ -127,7 +104,7 @@ def run_export(
             log.exception("export %s failed", export_id)
             reason = str(exc) if isinstance(exc, ExportFailed) else f"{exc.__class__.__name__}: {str(exc)[:300]}"
             fields = {"status": ExportStatus.failed, "error": reason}
-        final = dict(fields, finished_at=finished_now(), lease_owner=None, lease_expires_at=None)
+        final = dict(fields, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
         try:
             recorded = with_db_retry(
                 lambda: fenced_write(settings, factory, export_id, attempt, **final), settings.lease_seconds

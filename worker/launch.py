@@ -48,7 +48,7 @@ def run_worker_process(name: str) -> None:
     """One Celery worker process, pinned by its launcher to one GPU (or none), training one job at a time."""
     from app.config import get_settings
     from worker import shutdown
-    from worker.celery_app import worker_app
+    from worker.tasks import worker_app
 
     settings = get_settings()
     shutdown.install_celery_hook()

@@ -2,7 +2,8 @@
 on; the lease is lost when a renewal matches no row (another attempt owns it now) or the database stays
 unreachable for longer than the lease lasts (the reaper may have handed it on meanwhile).
 
-The renewal itself is the caller's: a conditional UPDATE naming its attempt, so this module knows no tables.
+The renewal itself is the caller's: a conditional UPDATE naming its attempt (app.job_state, app.export_state),
+so this module knows no tables.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ from worker import shutdown
 log = logging.getLogger("visiontune.lease")
 
 T = TypeVar("T")
-
-
-class LeaseLost(RuntimeError):
-    """Another attempt owns the row now; this worker must stop without writing."""
 
 
 class LeaseKeeper(threading.Thread):

@@ -1,17 +1,16 @@
-"""The reaper: puts back jobs whose worker died and re-sends tasks the broker lost.
+"""The reaper: puts back jobs and exports whose worker died, and re-sends tasks the broker lost.
 
 One sweep, every `reaper_interval_seconds`:
 
 1. **Expired leases.** A `running` job whose lease ran out lost its worker (SIGKILL, OOM, power). The lost
-   attempt counts as a failure: the job goes back to `queued` with a backoff (`retry_after`), or ends `failed`
-   once `max_attempts` failures are spent, or `canceled` if a cancel was asked for meanwhile.
-2. **Queued jobs without a task.** A queued job whose retry time has come and that was never sent
-   (`enqueued_at` unset: a requeue or a retry), or whose task the broker no longer holds (Redis restarted
-   empty, a send that failed), is sent again.
-3. **Exports, the same way.** A `running` export whose lease ran out (or that has none: left by a worker from
-   before export leases) goes back to `queued` and is sent again at once, the lost attempt counted in its
-   `failures`; once `max_attempts` (the settings') are spent it ends `failed` with the reason. A queued export
-   never sent, or whose task the broker no longer holds, is sent again.
+   attempt counts as a failure (app.job_state.expire_lease): the job goes back to `queued` with a backoff
+   (`retry_after`), or ends `failed` once `max_attempts` failures are spent, or `canceled` if a cancel was asked
+   for meanwhile. A `running` export whose lease ran out (or that has none: left by a worker from before export
+   leases) goes back to `queued`, or ends `failed` once the settings' `max_attempts` are spent
+   (app.export_state.expire_lease).
+2. **Queued rows without a task.** A queued job whose retry time has come, or a queued export, that was never
+   sent (`enqueued_at` unset: a requeue, a retry) or whose task the broker no longer holds (Redis restarted
+   empty, a send that failed) is sent again: one loop for both.
 
 Every change is a conditional UPDATE on what the sweep read, so any number of reapers (one per worker host,
 plus the embedded one) can run at once; a task sent twice is harmless, because a worker only trains a job (or
@@ -21,33 +20,25 @@ makes an export) it claims. It never imports torch, so it can run next to the AP
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import export_state, job_state
 from app.config import Settings
-from app.db import session_scope
-from app.models import Export, ExportStatus, Job, JobStatus
-
-
-def retry_delay(settings: Settings, failures: int) -> float:
-    """Backoff before retry number `failures`: retry_backoff_seconds doubling, at most 10 minutes."""
-    return min(600.0, settings.retry_backoff_seconds * 2 ** max(0, failures - 1))
-
+from app.db import make_engine, make_sessionmaker, session_scope
+from app.models import utcnow
+from app.queue import BrokerProbe, Send, broker_probe, make_celery, send_export_task, send_train_task
 
 log = logging.getLogger("visiontune.reaper")
-
-# Names the broker holds a job's task under: job id strings of queued or delivered-but-unacked messages.
-BrokerProbe = Callable[[], set[str] | None]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -71,7 +62,8 @@ class _Held:
     """What the broker holds, asked at most once per sweep (None: it cannot tell)."""
 
     def __init__(self, probe: BrokerProbe | None) -> None:
-        self.probe, self.asked, self.ids = probe, False, None
+        self.probe, self.asked = probe, False
+        self.ids: set[str] | None = None
 
     def __call__(self) -> set[str] | None:
         if not self.asked:
@@ -79,47 +71,20 @@ class _Held:
         return self.ids
 
 
-def redis_probe(broker_url: str, queue: str, delivered_within: float) -> BrokerProbe:
-    """Job ids of training tasks in the Redis queue, or delivered less than `delivered_within` seconds ago and
-    not yet acknowledged (kombu's layout).
+# What a kind of row (a job, an export) offers the two generic steps of a sweep.
+Expired = Callable[[Session, datetime], Sequence[Row[uuid.UUID, int, str | None]]]
+Expire = Callable[[Session, Settings, uuid.UUID, int, str | None, datetime], StrEnum | None]
+Unsent = Callable[[Session, datetime, datetime], Sequence[Row[uuid.UUID, datetime | None]]]
+MarkSent = Callable[[Session, uuid.UUID, datetime | None, datetime], bool]
 
-    A worker claims its job as soon as a message is delivered. A message delivered longer ago whose job is still
-    queued went to a worker that died before claiming it: Redis would hand it out again only after the
-    visibility timeout (hours), so it does not count as held, and the reaper sends the job again. A duplicate
-    message is harmless: whichever worker claims second finds the job no longer queued.
-    """
-    import json
-    import time
 
-    import redis
-
-    from worker.celery_app import redis_queue_keys
-
-    client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
-    keys = redis_queue_keys(queue)
-
-    def held() -> set[str] | None:
-        try:
-            raw = [item for key in keys for item in client.lrange(key, 0, -1)]
-            recent = client.zrangebyscore("unacked_index", time.time() - delivered_within, "+inf")
-            if recent:
-                raw += [item for item in client.hmget("unacked", recent) if item is not None]
-        except redis.RedisError:
-            log.warning("cannot read the broker's queue; not re-sending anything this sweep", exc_info=True)
-            return None
-        ids: set[str] = set()
-        for item in raw:
-            try:
-                message = json.loads(item)
-                if isinstance(message, list):  # unacked entries are [message, exchange, routing key]
-                    message = message[0]
-                argsrepr = str(message.get("headers", {}).get("argsrepr", ""))
-            except (ValueError, AttributeError, IndexError, TypeError):
-                continue
-            ids.update(part.strip("()[]'\", ") for part in argsrepr.split(","))
-        return ids
-
-    return held
+def _expire_job(
+    s: Session, settings: Settings, job_id: uuid.UUID, attempt: int, owner: str | None, now: datetime
+) -> StrEnum | None:
+    try:
+        return job_state.expire_lease(s, settings, job_id, attempt, owner, now)
+    except job_state.LeaseLost:  # renewed or finished since the sweep read it
+        return None
 
 
 class Reaper:
@@ -127,9 +92,9 @@ class Reaper:
         self,
         settings: Settings,
         factory: sessionmaker[Session],
-        send: Callable[[uuid.UUID], None],
+        send: Send,
         probe: BrokerProbe | None = None,
-        send_export: Callable[[uuid.UUID], None] | None = None,
+        send_export: Send | None = None,
     ) -> None:
         """send and send_export publish a job's or an export's task; without send_export exports are left be."""
         self.settings, self.factory, self.send, self.probe = settings, factory, send, probe
@@ -139,11 +104,20 @@ class Reaper:
         now = now or utcnow()
         report = SweepReport()
         held = _Held(self.probe)
-        self._expire_leases(now, report)
-        self._send_due(now, report, held)
+        self._expire(
+            "job",
+            now,
+            job_state.expired_leases,
+            _expire_job,
+            {"queued": report.requeued, "failed": report.failed, "canceled": report.canceled},
+        )
+        self._resend("job", now, held, job_state.unsent, job_state.mark_sent, self.send, report.sent)
         if self.send_export is not None:
-            self._expire_export_leases(now, report)
-            self._send_due_exports(now, report, held, self.send_export)
+            buckets = {"queued": report.exports_requeued, "failed": report.exports_failed}
+            self._expire("export", now, export_state.expired_leases, export_state.expire_lease, buckets)
+            self._resend(
+                "export", now, held, export_state.unsent, export_state.mark_sent, self.send_export, report.exports_sent
+            )
         if report:
             log.info(
                 "reaper: requeued %s, failed %s, canceled %s, sent %s; exports: requeued %s, failed %s, sent %s",
@@ -155,156 +129,48 @@ class Reaper:
             )
         return report
 
-    def _expire_leases(self, now: datetime, report: SweepReport) -> None:
+    def _expire(
+        self, kind: str, now: datetime, expired: Expired, expire: Expire, buckets: dict[str, list[uuid.UUID]]
+    ) -> None:
+        """Rows whose lease ran out: each lost attempt through its transition, one unit of work each."""
         with session_scope(self.factory) as s:
-            expired = s.execute(
-                select(
-                    Job.id, Job.attempt, Job.failures, Job.max_attempts, Job.cancel_requested, Job.lease_owner
-                ).where(Job.status == JobStatus.running, Job.lease_expires_at < now)
-            ).all()
-        for job_id, attempt, failures, max_attempts, cancel, owner in expired:
-            failures += 1
-            reason = f"attempt {attempt} lost its worker {owner} (lease expired)"
-            if cancel:
-                values = dict(status=JobStatus.canceled, finished_at=now, error="canceled by request")
-                bucket = report.canceled
-            elif failures >= max_attempts:
-                values = dict(
-                    status=JobStatus.failed,
-                    finished_at=now,
-                    error=f"gave up after {failures} failed attempts: {reason}; the job may be killing its "
-                    "worker (out of memory?)",
-                )
-                bucket = report.failed
-            else:
-                delay = retry_delay(self.settings, failures)
-                values = dict(
-                    status=JobStatus.queued,
-                    retry_after=now + timedelta(seconds=delay),
-                    enqueued_at=None,
-                    error=f"{reason}; retrying",
-                )
-                bucket = report.requeued
+            rows = expired(s, now)
+        for row_id, attempt, owner in rows:
             with session_scope(self.factory) as s:
-                done = s.execute(
-                    update(Job)
-                    .where(
-                        Job.id == job_id,
-                        Job.attempt == attempt,
-                        Job.status == JobStatus.running,
-                        Job.lease_expires_at < now,
-                    )
-                    .values(failures=failures, lease_owner=None, lease_expires_at=None, **values)
-                ).rowcount
-            if done:
-                log.warning("job %s: %s -> %s", job_id, reason, values["status"])
-                bucket.append(job_id)
+                status = expire(s, self.settings, row_id, attempt, owner, now)
+            if status is not None:
+                log.warning("%s %s: attempt %s lost its worker %s -> %s", kind, row_id, attempt, owner, status)
+                buckets[str(status)].append(row_id)
 
-    def _send_due(self, now: datetime, report: SweepReport, held_by_broker: _Held) -> None:
+    def _resend(
+        self,
+        kind: str,
+        now: datetime,
+        held_by_broker: _Held,
+        unsent: Unsent,
+        mark_sent: MarkSent,
+        send: Send,
+        sent: list[uuid.UUID],
+    ) -> None:
+        """Queued rows never sent, or whose task the broker no longer holds: sent again, once per sweep."""
         stale_before = now - timedelta(seconds=self.settings.requeue_grace_seconds)
         with session_scope(self.factory) as s:
-            due = s.execute(
-                select(Job.id, Job.enqueued_at).where(
-                    Job.status == JobStatus.queued,
-                    Job.cancel_requested.is_(False),
-                    (Job.retry_after.is_(None)) | (Job.retry_after <= now),
-                    (Job.enqueued_at.is_(None)) | (Job.enqueued_at < stale_before),
-                )
-            ).all()
-        if not due:
-            return
+            due = unsent(s, now, stale_before)
         held: set[str] | None = set()
         if any(enqueued is not None for _, enqueued in due):
             held = held_by_broker()
-        for job_id, enqueued in due:
-            if enqueued is not None and (held is None or str(job_id) in held):
+        for row_id, enqueued in due:
+            if enqueued is not None and (held is None or str(row_id) in held):
                 continue  # the broker still holds its task (or we cannot tell): leave it be
             with session_scope(self.factory) as s:
-                condition = Job.enqueued_at.is_(None) if enqueued is None else Job.enqueued_at == enqueued
-                claimed = s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == JobStatus.queued, condition)
-                    .values(enqueued_at=now)
-                ).rowcount
-            if not claimed:
-                continue
+                if not mark_sent(s, row_id, enqueued, now):
+                    continue  # sent (or claimed) by someone else meanwhile
             try:
-                self.send(job_id)
+                send(row_id)
             except Exception:  # broker down: enqueued_at goes stale and a later sweep sends it again
-                log.warning("reaper: could not send job %s", job_id, exc_info=True)
+                log.warning("reaper: could not send %s %s", kind, row_id, exc_info=True)
                 continue
-            report.sent.append(job_id)
-
-    def _expire_export_leases(self, now: datetime, report: SweepReport) -> None:
-        """Running exports whose lease ran out: back to the queue (sent below), or failed once attempts are spent."""
-        lapsed = (Export.lease_expires_at.is_(None)) | (Export.lease_expires_at < now)
-        with session_scope(self.factory) as s:
-            expired = s.execute(
-                select(Export.id, Export.attempt, Export.failures, Export.lease_owner).where(
-                    Export.status == ExportStatus.running, lapsed
-                )
-            ).all()
-        max_attempts = self.settings.max_attempts
-        for export_id, attempt, failures, owner in expired:
-            failures += 1
-            reason = f"attempt {attempt} lost its worker {owner} (lease expired)"
-            if failures >= max_attempts:
-                values: dict[str, object] = dict(
-                    status=ExportStatus.failed,
-                    finished_at=now,
-                    error=f"gave up after {failures} failed attempts: {reason}; the export may be killing its "
-                    "worker (out of memory?)",
-                )
-                bucket = report.exports_failed
-            else:
-                values = dict(status=ExportStatus.queued, enqueued_at=None, error=f"{reason}; retrying")
-                bucket = report.exports_requeued
-            with session_scope(self.factory) as s:
-                done = s.execute(
-                    update(Export)
-                    .where(
-                        Export.id == export_id,
-                        Export.attempt == attempt,
-                        Export.status == ExportStatus.running,
-                        lapsed,
-                    )
-                    .values(failures=failures, lease_owner=None, lease_expires_at=None, **values)
-                ).rowcount
-            if done:
-                log.warning("export %s: %s -> %s", export_id, reason, values["status"])
-                bucket.append(export_id)
-
-    def _send_due_exports(
-        self, now: datetime, report: SweepReport, held_by_broker: _Held, send: Callable[[uuid.UUID], None]
-    ) -> None:
-        """Queued exports never sent (requeued above, or queued without a sender) or whose task the broker lost."""
-        stale_before = now - timedelta(seconds=self.settings.requeue_grace_seconds)
-        with session_scope(self.factory) as s:
-            due = s.execute(
-                select(Export.id, Export.enqueued_at).where(
-                    Export.status == ExportStatus.queued,
-                    (Export.enqueued_at.is_(None)) | (Export.enqueued_at < stale_before),
-                )
-            ).all()
-        held: set[str] | None = held_by_broker() if any(enqueued is not None for _, enqueued in due) else set()
-        for export_id, enqueued in due:
-            if enqueued is not None and (held is None or str(export_id) in held):
-                continue  # the broker still holds its task (or we cannot tell): leave it be
-            with session_scope(self.factory) as s:
-                condition = Export.enqueued_at.is_(None) if enqueued is None else Export.enqueued_at == enqueued
-                claimed = s.execute(
-                    update(Export)
-                    .where(Export.id == export_id, Export.status == ExportStatus.queued, condition)
-                    .values(enqueued_at=now)
-                ).rowcount
-            if not claimed:
-                continue
-            try:
-                send(export_id)
-            except Exception:  # broker down: enqueued_at goes stale and a later sweep sends it again
-                log.warning("reaper: could not send export %s", export_id, exc_info=True)
-                continue
-            report.exports_sent.append(export_id)
+            sent.append(row_id)
 
     def run_forever(self, stop: threading.Event) -> None:
         """Sweep every reaper_interval_seconds until stop is set; a failed sweep is logged and retried."""
@@ -318,31 +184,25 @@ class Reaper:
 
 def make_reaper(settings: Settings) -> Reaper:
     """A reaper on the configured database and broker (sending with a Celery app of its own)."""
-    from app.db import make_engine, make_sessionmaker
-    from worker.celery_app import make_celery, send_export_task, send_train_task
-
     celery = make_celery(settings)
-    probe = (
-        redis_probe(settings.broker_url, settings.queue, settings.requeue_grace_seconds)
-        if settings.broker_url.startswith("redis")
-        else None
-    )
     return Reaper(
         settings,
         make_sessionmaker(make_engine(settings.resolved_database_url())),
         lambda job_id: send_train_task(celery, settings, job_id, resent=True),
-        probe,
+        broker_probe(settings),
         lambda export_id: send_export_task(celery, settings, export_id, resent=True),
     )
 
 
 def run_reaper(settings: Settings) -> int:
     """`visiontune reaper`: sweep until SIGINT/SIGTERM."""
-    import signal
-
     stop = threading.Event()
+
+    def request_stop(*_args: Any) -> None:
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_a: stop.set())
+        signal.signal(sig, request_stop)
     log.info("reaper: sweeping every %.1fs (lease %.0fs)", settings.reaper_interval_seconds, settings.lease_seconds)
     make_reaper(settings).run_forever(stop)
     return 0

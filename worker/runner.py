@@ -1,41 +1,43 @@
-"""Claim a job, train it with app.ml, and persist epochs, checkpoints and the outcome, fenced by attempt.
+"""Run one job on a worker: claim it, train it with app.ml's fit under a lease, and record the outcome.
 
-The database owns job state. A worker claims a queued job with one conditional UPDATE that bumps `attempt`
-(its fencing token), renews a lease while it trains, and makes every write conditional on still owning that
-attempt; a write that matches no row raises LeaseLost and the worker stops without writing anything else.
-Each epoch leaves a serving checkpoint and a resumable training state on disk (atomic, sha256 in SQL), so a
-re-claimed job continues after its last good epoch.
+The job's state is app.job_state's: the claim bumps `attempt` (the fencing token), the lease keeper renews the
+lease and watches for a cancel while fit trains, and every write names the attempt, so a stale worker stops
+(LeaseLost) without writing anything. Each epoch's checkpoint files and rows are the CheckpointStore's
+(worker/checkpoints.py), which also picks the state a re-claimed job resumes from.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select, update
+import torch
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import job_state
 from app.config import Settings, get_settings
 from app.db import after_commit, make_engine, make_sessionmaker, session_scope
+from app.job_state import LeaseLost
 from app.ml.backbones import BuiltModel
-from app.ml.checkpoint import CheckpointError, load_training_state, save_checkpoint, save_training_state
+from app.ml.data import load_splits
 from app.ml.engine import DeviceSetup, TrainingStopped
 from app.ml.strategies import export_state_dict
 from app.ml.trainer import EpochReport, FitResult, TrainConfig, TrainingState, fit
-from app.models import Checkpoint, Dataset, Epoch, Job, JobStatus
+from app.models import Dataset, Epoch, Job, JobStatus
 from app.services.exports import queue_exports
 from app.services.registry import register_version
 from worker import shutdown
-from worker.lease import LeaseKeeper, LeaseLost, with_db_retry
-from worker.reaper import retry_delay
+from worker.checkpoints import CheckpointStore
+from worker.lease import LeaseKeeper, with_db_retry
 
 log = logging.getLogger("visiontune.runner")
 
@@ -48,10 +50,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+# Recording a retry that fails with one of these is left to the reaper (the lease runs out).
+UNRECORDED_RETRY: tuple[type[BaseException], ...] = (LeaseLost, *TRANSIENT_ERRORS)
 
 
 @dataclass
@@ -64,6 +64,7 @@ class RunnerHooks:
     config: TrainConfig
     class_names: list[str]
     keeper: LeaseKeeper
+    store: CheckpointStore
     resume: TrainingState | None = None
     baseline: dict[str, Any] | None = None
     built: BuiltModel | None = field(default=None, repr=False)
@@ -103,62 +104,24 @@ class JobRunner:
         # Sends the export tasks a succeeded job asked for (`exports`); without it they stay queued.
         self.enqueue_export: Callable[[uuid.UUID], None] | None = None
 
-    # ------------------------------------------------------------ lease and fencing
+    # ------------------------------------------------------------ lease
 
     def claim(self, job_id: uuid.UUID) -> int | None:
-        """Take a queued job with one compare-and-set UPDATE; the new attempt number, or None if not ours.
-
-        Only `queued` jobs are claimed: a job whose worker died is put back in the queue by the reaper, which
-        counts the lost attempt (so a job that keeps killing its worker ends failed) and applies the backoff.
-        """
-        now = utcnow()
+        """Take a queued job (app.job_state.claim); the new attempt number, or None if it is not ours."""
         with session_scope(self.factory) as s:
-            claimed = s.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.cancel_requested.is_(False),
-                    Job.status == JobStatus.queued,
-                    (Job.retry_after.is_(None)) | (Job.retry_after <= now),
-                )
-                .values(
-                    status=JobStatus.running,
-                    attempt=Job.attempt + 1,
-                    lease_owner=self.worker_id,
-                    lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds),
-                    heartbeat_at=now,
-                    started_at=now,
-                    retry_after=None,
-                )
-            ).rowcount
-            if not claimed:
-                return None
-            return s.scalar(select(Job.attempt).where(Job.id == job_id))
-
-    def _fence(self, s: Session, job_id: uuid.UUID, attempt: int, **values: Any) -> None:
-        """Renew the lease (and set values) only while this attempt owns the job; else LeaseLost."""
-        now = utcnow()
-        values.setdefault("lease_expires_at", now + timedelta(seconds=self.settings.lease_seconds))
-        values.setdefault("heartbeat_at", now)
-        owned = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
-            .values(**values)
-        ).rowcount
-        if not owned:
-            raise LeaseLost(f"job {job_id} attempt {attempt} no longer owns the job")
+            return job_state.claim(s, job_id, self.worker_id, self.settings.lease_seconds)
 
     def renew_lease(self, job_id: uuid.UUID, attempt: int) -> bool:
         try:
             with session_scope(self.factory) as s:
-                self._fence(s, job_id, attempt)
+                job_state.fenced_write(s, job_id, attempt, self.settings.lease_seconds)
             return True
         except LeaseLost:
             return False
 
     def cancel_requested(self, job_id: uuid.UUID) -> bool:
         with session_scope(self.factory) as s:
-            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+            return job_state.cancel_requested(s, job_id)
 
     def with_db_retry(self, action: Callable[[], T]) -> T:
         """Run a unit of work, retrying while the database is unreachable, for at most lease_seconds."""
@@ -188,11 +151,12 @@ class JobRunner:
                 assert dataset is not None
                 dataset_path = Path(dataset.path)
             config = TrainConfig.from_dict(job.config)
-            resume = self.with_db_retry(lambda: self.load_resume_state(job_id, attempt))
-            from app.ml.data import load_splits
-
+            store = CheckpointStore(
+                self.settings.checkpoints_dir, self.factory, job_id, attempt, self.settings.lease_seconds
+            )
+            resume = self.with_db_retry(store.resume)
             class_names, splits = load_splits(dataset_path)
-            hooks = RunnerHooks(self, job, attempt, config, class_names, keeper, resume, job.baseline_metrics)
+            hooks = RunnerHooks(self, job, attempt, config, class_names, keeper, store, resume, job.baseline_metrics)
             result = fit(config, class_names, splits, hooks, DeviceSetup.for_device())
             self.with_db_retry(lambda: self.finish_success(job, attempt, result, hooks))
             return "succeeded"
@@ -201,7 +165,7 @@ class JobRunner:
                 log.warning("job %s attempt %s lost its lease; stopping without writing", job_id, attempt)
                 return "lease-lost"
             if keeper.cancel.is_set():
-                self.finish(job_id, attempt, JobStatus.canceled, error="canceled by request")
+                self.finish(job_id, attempt, JobStatus.canceled, error=job_state.CANCELED_BY_REQUEST)
                 return "canceled"
             return self.release(job_id, attempt)
         except TRANSIENT_ERRORS as exc:
@@ -216,132 +180,39 @@ class JobRunner:
             keeper.join(timeout=10)
             release_device_memory()
 
-    # ------------------------------------------------------------ resume
-
-    def load_resume_state(self, job_id: uuid.UUID, attempt: int) -> TrainingState | None:
-        """The newest training state whose file matches its sha256; epochs after it are forgotten (fenced).
-
-        A corrupted or missing newest file falls back to the one before (two are kept). Epoch and checkpoint
-        rows after the state that is used are deleted, so the history still has every epoch exactly once
-        when the resumed attempt recomputes them.
-        """
-        with session_scope(self.factory) as s:
-            rows = s.scalars(
-                select(Checkpoint)
-                .where(Checkpoint.job_id == job_id, Checkpoint.state_path.is_not(None))
-                .order_by(Checkpoint.epoch.desc())
-            ).all()
-            last_recorded = s.scalar(select(Job.last_epoch).where(Job.id == job_id))
-            candidates = [(c.epoch, c.state_path, c.state_sha256) for c in rows]
-        state: TrainingState | None = None
-        for epoch, path, digest in candidates:
-            try:
-                state = load_training_state(Path(str(path)), str(digest))
-                break
-            except CheckpointError as exc:
-                log.error("job %s: cannot resume from epoch %s: %s", job_id, epoch, exc)
-        resumed = int(state["epoch"]) if state is not None else 0
-        if last_recorded is None and resumed == 0:
-            return None
-        with session_scope(self.factory) as s:
-            self._fence(s, job_id, attempt)
-            stale = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.epoch > resumed))
-            for ckpt in stale:
-                for p in (ckpt.path, ckpt.state_path):
-                    if p:
-                        Path(p).unlink(missing_ok=True)
-            s.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.epoch > resumed))
-            s.execute(delete(Epoch).where(Epoch.job_id == job_id, Epoch.epoch > resumed))
-            s.execute(update(Checkpoint).where(Checkpoint.job_id == job_id).values(is_best=False))
-            if state is not None:
-                s.execute(
-                    update(Checkpoint)
-                    .where(Checkpoint.job_id == job_id, Checkpoint.epoch == int(state["best_epoch"]))
-                    .values(is_best=True)
-                )
-            self._fence(
-                s,
-                job_id,
-                attempt,
-                last_epoch=resumed or None,
-                last_step=state["step"] if state is not None else None,
-            )
-        if state is None:
-            log.warning("job %s: no usable training state; starting again from epoch 1", job_id)
-        else:
-            log.info("job %s attempt %s resumes after epoch %s", job_id, attempt, resumed)
-        return state
-
     # ------------------------------------------------------------ per-epoch records
 
     def record_epoch(self, hooks: RunnerHooks, report: EpochReport, built: BuiltModel, state: TrainingState) -> None:
-        """Checkpoint files (atomic) and epoch + checkpoint rows (fenced), then prune superseded files."""
-        job, attempt = hooks.job, hooks.attempt
-        folder = (self.settings.checkpoints_dir / str(job.id)).resolve()
-        path = folder / f"a{attempt}-e{report.epoch:04d}.safetensors"
-        state_path = folder / f"a{attempt}-e{report.epoch:04d}.state.pt"
-        digest, size = save_checkpoint(
-            path, export_state_dict(built), self._metadata(hooks, built, report.epoch, report.val_accuracy)
-        )
-        state_digest, _ = save_training_state(state_path, state)
-        stale: list[str] = []
+        """Checkpoint files (atomic), then epoch + checkpoint rows (fenced), then the files retention let go."""
+        job, attempt, store = hooks.job, hooks.attempt, hooks.store
+        metadata = self._metadata(hooks, built, report.epoch, report.val_accuracy)
+        saved = store.save(report.epoch, export_state_dict(built), metadata, state)
 
-        def write(s: Session) -> None:
-            self._fence(s, job.id, attempt, last_epoch=report.epoch, last_step=state["step"])
-            if s.scalar(select(Epoch.id).where(Epoch.job_id == job.id, Epoch.epoch == report.epoch)) is not None:
-                return  # an earlier try of this very write committed before the connection dropped
-            s.add(
-                Epoch(
-                    job_id=job.id,
-                    epoch=report.epoch,
-                    attempt=attempt,
-                    train_loss=report.train.loss,
-                    train_accuracy=report.train.accuracy,
-                    val_loss=report.val_loss,
-                    val_accuracy=report.val_accuracy,
-                    learning_rate=report.learning_rate,
-                    seconds=report.seconds,
-                    images_per_second=report.train.images / max(report.seconds, 1e-9),
-                    tflops=report.tflops,
-                    mfu=report.mfu,
-                )
-            )
-            if report.is_best:
-                s.execute(update(Checkpoint).where(Checkpoint.job_id == job.id).values(is_best=False))
-            s.add(
-                Checkpoint(
-                    job_id=job.id,
-                    epoch=report.epoch,
-                    path=str(path),
-                    sha256=digest,
-                    size_bytes=size,
-                    val_accuracy=report.val_accuracy,
-                    is_best=report.is_best,
-                    state_path=str(state_path),
-                    state_sha256=state_digest,
-                )
-            )
-            s.flush()
-            # Serving files: keep the best and the last two. Training states: keep the last two (a corrupted
-            # newest one falls back to the one before).
-            for ckpt in s.scalars(
-                select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.epoch < report.epoch - 1)
-            ):
-                if not ckpt.is_best and not ckpt.pruned:
-                    ckpt.pruned = True
-                    stale.append(ckpt.path)
-                if ckpt.state_path:
-                    stale.append(ckpt.state_path)
-                    ckpt.state_path, ckpt.state_sha256 = None, None
-
-        def unit() -> None:
-            stale.clear()
+        def unit() -> list[Path]:
             with session_scope(self.factory) as s:
-                write(s)
+                lease = self.settings.lease_seconds
+                job_state.fenced_write(s, job.id, attempt, lease, last_epoch=report.epoch, last_step=state["step"])
+                if s.scalar(select(Epoch.id).where(Epoch.job_id == job.id, Epoch.epoch == report.epoch)) is not None:
+                    return []  # an earlier try of this very write committed before the connection dropped
+                s.add(
+                    Epoch(
+                        job_id=job.id,
+                        epoch=report.epoch,
+                        attempt=attempt,
+                        train_loss=report.train.loss,
+                        train_accuracy=report.train.accuracy,
+                        val_loss=report.val_loss,
+                        val_accuracy=report.val_accuracy,
+                        learning_rate=report.learning_rate,
+                        seconds=report.seconds,
+                        images_per_second=report.train.images / max(report.seconds, 1e-9),
+                        tflops=report.tflops,
+                        mfu=report.mfu,
+                    )
+                )
+                return store.record(s, saved, val_accuracy=report.val_accuracy, is_best=report.is_best)
 
-        self.with_db_retry(unit)
-        for p in stale:
-            Path(p).unlink(missing_ok=True)
+        store.discard(self.with_db_retry(unit))
 
     def _metadata(
         self, hooks: RunnerHooks, built: BuiltModel, epoch: int, val_accuracy: float | None = None
@@ -361,37 +232,34 @@ class JobRunner:
 
     def save_baseline(self, job_id: uuid.UUID, attempt: int, baseline: dict[str, Any]) -> None:
         with session_scope(self.factory) as s:
-            self._fence(s, job_id, attempt, baseline_metrics=baseline)
+            job_state.fenced_write(s, job_id, attempt, self.settings.lease_seconds, baseline_metrics=baseline)
 
     # ------------------------------------------------------------ outcomes
 
     def finish_success(self, job: Job, attempt: int, result: FitResult, hooks: RunnerHooks) -> None:
+        """Succeeded (fenced), the best checkpoint on disk, its version registered and its exports queued: one
+        unit of work; the export tasks are sent after it commits."""
+
+        def model() -> BuiltModel:  # set by every epoch fit reported (needed only to write a pruned best again)
+            assert hooks.built is not None
+            return hooks.built
+
         with session_scope(self.factory) as s:
-            self._fence(
+            job_state.succeed(
                 s,
                 job.id,
                 attempt,
-                status=JobStatus.succeeded,
-                finished_at=utcnow(),
-                error=None,  # a lost earlier attempt's message; `failures` keeps the count
                 best_epoch=result.best_epoch,
                 val_metrics=result.val_metrics,
                 test_metrics=result.test_metrics,
                 baseline_metrics=result.baseline or None,
                 flops_per_image=result.flops_per_image,
-                lease_owner=None,
-                lease_expires_at=None,
             )
-            best = s.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.is_best.is_(True)))
-            assert best is not None
-            if best.pruned or not Path(best.path).is_file():
-                # A resume fell back past the epoch that superseded this best, whose file was pruned then:
-                # the model holds the best weights now, so write them again.
-                assert hooks.built is not None
-                path = Path(best.path).with_name(f"a{attempt}-e{best.epoch:04d}-best.safetensors")
-                meta = self._metadata(hooks, hooks.built, best.epoch, best.val_accuracy)
-                best.sha256, best.size_bytes = save_checkpoint(path, export_state_dict(hooks.built), meta)
-                best.path, best.pruned = str(path), False
+            best = hooks.store.best(
+                s,
+                lambda: export_state_dict(model()),
+                lambda epoch, val_accuracy: self._metadata(hooks, model(), epoch, val_accuracy),
+            )
             fresh = s.get(Job, job.id)
             assert fresh is not None
             test_acc = result.test_metrics["accuracy"] if result.test_metrics else None
@@ -401,19 +269,16 @@ class JobRunner:
             if send is not None:
                 after_commit(s, lambda: [send(export_id) for export_id in export_ids])
 
-    def finish(self, job_id: uuid.UUID, attempt: int, status: JobStatus, error: str) -> None:
+    def finish(self, job_id: uuid.UUID, attempt: int, status: str, error: str) -> None:
+        """Record that the attempt failed for good (status failed) or stopped on a cancel (canceled); a stale
+        attempt's outcome is logged and dropped."""
+
         def unit() -> None:
             with session_scope(self.factory) as s:
-                self._fence(
-                    s,
-                    job_id,
-                    attempt,
-                    status=status,
-                    finished_at=utcnow(),
-                    error=error[:4000],
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+                if status == JobStatus.canceled:
+                    job_state.confirm_cancel(s, job_id, attempt)
+                else:
+                    job_state.fail(s, job_id, attempt, error)
 
         try:
             self.with_db_retry(unit)
@@ -422,98 +287,40 @@ class JobRunner:
 
     def release(self, job_id: uuid.UUID, attempt: int) -> str:
         """Graceful shutdown: the last epoch's checkpoint stands; hand the job back to the queue (or cancel it)."""
-        now = utcnow()
 
-        def unit() -> str:
+        def unit() -> JobStatus:
             with session_scope(self.factory) as s:
-                canceled = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-                if canceled:
-                    self._fence(
-                        s,
-                        job_id,
-                        attempt,
-                        status=JobStatus.canceled,
-                        finished_at=now,
-                        error="canceled by request",
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                    return "canceled"
-                self._fence(
-                    s,
-                    job_id,
-                    attempt,
-                    status=JobStatus.queued,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    enqueued_at=now if self.enqueue else None,
-                )
-                return "requeued"
+                return job_state.release(s, job_id, attempt, sent=self.enqueue is not None)
 
         try:
-            outcome = self.with_db_retry(unit)
+            status = self.with_db_retry(unit)
         except LeaseLost:
             return "lease-lost"
+        outcome = "requeued" if status == JobStatus.queued else str(status)
         if outcome == "requeued" and self.enqueue is not None:
             self.enqueue(job_id)
         log.info("job %s attempt %s released on shutdown: %s", job_id, attempt, outcome)
         return outcome
 
     def retry_later(self, job_id: uuid.UUID, attempt: int, error: str) -> str:
-        """A transient error: count the failure; back to the queue after the backoff, or failed when spent."""
+        """A transient error: the lost attempt goes through app.job_state.retry_or_give_up (queued after the
+        backoff, failed once the attempts are spent, canceled if asked); returns 'retrying' or the final status."""
 
-        def unit() -> str:
+        def unit() -> JobStatus:
             with session_scope(self.factory) as s:
-                job = s.get(Job, job_id)
-                assert job is not None
-                failures = job.failures + 1
-                if job.cancel_requested or failures >= job.max_attempts:
-                    status = JobStatus.canceled if job.cancel_requested else JobStatus.failed
-                    reason = (
-                        "canceled by request"
-                        if job.cancel_requested
-                        else (f"gave up after {failures} failed attempts; last error: {error}")
-                    )
-                    self._fence(
-                        s,
-                        job_id,
-                        attempt,
-                        status=status,
-                        failures=failures,
-                        finished_at=utcnow(),
-                        error=reason[:4000],
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                    return str(status)
-                self._fence(
-                    s,
-                    job_id,
-                    attempt,
-                    status=JobStatus.queued,
-                    failures=failures,
-                    error=f"attempt {attempt} failed, will retry: {error}"[:4000],
-                    retry_after=utcnow() + timedelta(seconds=retry_delay(self.settings, failures)),
-                    enqueued_at=None,  # the reaper sends it once retry_after has passed
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-                return "retrying"
+                return job_state.retry_or_give_up(s, self.settings, job_id, attempt, f"failed: {error}")
 
         try:
-            return self.with_db_retry(unit)
-        except (LeaseLost, *TRANSIENT_ERRORS):
+            status = self.with_db_retry(unit)
+        except UNRECORDED_RETRY:
             # Still unreachable: the lease runs out and the reaper counts the attempt instead.
             log.warning("job %s attempt %s: could not record the retry; the reaper will", job_id, attempt)
             return "lease-lost"
+        return "retrying" if status == JobStatus.queued else str(status)
 
 
 def release_device_memory() -> None:
     """Hand cached GPU memory back between jobs (the worker process lives on)."""
-    import gc
-
-    import torch
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -528,8 +335,6 @@ def get_runner(enqueue: Callable[[uuid.UUID], None] | None = None) -> JobRunner:
     if _runner is None:
         settings = get_settings()
         if settings.torch_threads:
-            import torch
-
             torch.set_num_threads(settings.torch_threads)
         _runner = JobRunner(settings, make_sessionmaker(make_engine(settings.resolved_database_url())), enqueue=enqueue)
     elif enqueue is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -13,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.auth import Actor
 from app.db import after_commit
 from app.errors import Conflict, NotFound
-from app.models import Export, ExportStatus, ModelVersion
+from app.models import Export, ExportStatus, ModelVersion, utcnow
 from app.services import audit, registry
 
 FORMATS = ("onnx", "onnx-int8")
@@ -36,7 +35,7 @@ def request_export(
     existing = session.scalar(select(Export).where(Export.job_id == version.job_id, Export.format == fmt))
     if existing is not None and existing.status != ExportStatus.failed:
         return existing, False
-    now = datetime.now(UTC)
+    now = utcnow()
     if existing is None:
         existing = Export(
             project=version.project, job_id=version.job_id, format=fmt, status=ExportStatus.queued, enqueued_at=now
@@ -65,7 +64,7 @@ def queue_exports(session: Session, version: ModelVersion, formats: list[str], s
     `sent`: the caller sends their tasks after commit; if not, the reaper sends them on its next sweep.
     """
     ids = []
-    enqueued_at = datetime.now(UTC) if sent else None
+    enqueued_at = utcnow() if sent else None
     for fmt in dict.fromkeys(formats):
         export = Export(
             project=version.project,
@@ -96,7 +95,3 @@ def downloadable(export: Export) -> Export:
     if export.status not in (ExportStatus.verified, ExportStatus.rejected) or not export.path:
         raise Conflict(f"the {export.format} export is {export.status}" + (f": {export.error}" if export.error else ""))
     return export
-
-
-def finished_now() -> datetime:
-    return datetime.now(UTC)

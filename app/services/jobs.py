@@ -7,14 +7,14 @@ import json
 import shutil
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import job_state
 from app.auth import Actor
 from app.config import Settings
 from app.db import after_commit
@@ -124,15 +124,12 @@ def submit_job(
         weights=weights,
         strategy=req.strategy,
         config=config,
-        status=JobStatus.queued,
         max_attempts=req.max_attempts or settings.max_attempts,
-        # Sent right after the commit; if that send is lost, the reaper re-sends it (see worker/reaper.py).
-        enqueued_at=datetime.now(UTC),
         idempotency_key=idempotency_key,
         request_sha256=request_digest(req) if idempotency_key else None,
     )
-    session.add(job)
-    session.flush()
+    # Sent right after the commit; if that send is lost, the reaper re-sends it (see worker/reaper.py).
+    job_state.submit(session, job, sent=True)
     job_id = job.id
     audit.record(session, actor, "job.submit", "job", job_id, {"model_name": req.model_name, "arch": req.arch})
     after_commit(session, lambda: enqueue(job_id))
@@ -201,19 +198,9 @@ def cancel_job(session: Session, actor: Actor, job_id: uuid.UUID) -> Job:
     A running job whose worker died is canceled by the reaper when its lease runs out, never retried.
     """
     job = get_job(session, actor.project, job_id)
-    now = datetime.now(UTC)
-    # Conditional updates: the worker may claim or finish the job between our read and our write.
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.canceled, cancel_requested=True, finished_at=now, error="canceled by request")
-    ).rowcount
-    if not done:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
-        )
+    refused = not job_state.cancel(session, job_id)
     session.refresh(job)
-    if job.status in TERMINAL_STATUSES and not done and job.status != JobStatus.canceled:
+    if refused:
         raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be canceled")
     audit.record(session, actor, "job.cancel", "job", job_id, {"status": job.status})
     return job
