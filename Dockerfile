@@ -25,8 +25,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
+COPY launcher ./launcher
 COPY migrations ./migrations
-RUN pip install --no-deps . && python -c "import app.main, worker.runner"
+RUN pip install --no-deps . && python -c "import app.main, worker.runner, launcher.cli"
 
 USER visiontune
 EXPOSE 8000

@@ -24,7 +24,7 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check app worker migrations tests benchmarks
+	$(BIN)/ruff check app worker launcher migrations tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/finetune_cifar.py

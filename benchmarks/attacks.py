@@ -103,7 +103,7 @@ class Server:
         }
         self.port = free_port()
         self.log = workdir / "api.log"
-        self.proc = start(python("-m", "app.cli", "api", "--port", str(self.port)), env, self.log)
+        self.proc = start(python("-m", "launcher.cli", "api", "--port", str(self.port)), env, self.log)
         self.base = f"http://127.0.0.1:{self.port}"
         wait_http(f"{self.base}/health", self.proc, self.log)
         self.ps = psutil.Process(self.proc.pid)

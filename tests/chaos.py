@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 def redis_server() -> str:
-    from app.embedded import redis_server_binary
+    from launcher.embedded import redis_server_binary
 
     return redis_server_binary()
 
@@ -156,12 +156,12 @@ class Cluster:
         if chaos_env:
             argv = [sys.executable, str(CHAOS_WORKER), name]
         else:
-            argv = [sys.executable, "-m", "app.cli", "worker-process", "--name", name]
+            argv = [sys.executable, "-m", "launcher.cli", "worker-process", "--name", name]
         self._start(name, argv, **chaos_env)
         return name
 
     def start_reaper(self) -> None:
-        self._start("reaper", [sys.executable, "-m", "app.cli", "reaper"])
+        self._start("reaper", [sys.executable, "-m", "launcher.cli", "reaper"])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a process (SIGKILL, SIGSTOP, SIGCONT: its whole group; SIGTERM: the worker alone)."""

@@ -316,7 +316,7 @@ def start_redis() -> Server:
     """redis-server on a free 127.0.0.1 port that keeps nothing on disk."""
     import redis
 
-    from app.embedded import redis_server_binary
+    from launcher.embedded import redis_server_binary
 
     binary = redis_server_binary()
     root = Path(tempfile.mkdtemp(prefix="visiontune-test-redis-"))

@@ -226,7 +226,7 @@ def test_keys_cli_works_with_the_api_down(tmp_path):
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", *args], cwd=REPO, env=env, capture_output=True, text=True
+            [sys.executable, "-m", "launcher.cli", "keys", *args], cwd=REPO, env=env, capture_output=True, text=True
         )
 
     made = cli("create", "--name", "ops", "--scope", "train", "--scope", "read", "--project", "ops", "--json")

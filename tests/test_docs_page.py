@@ -28,7 +28,7 @@ def test_docs_render_offline_under_the_csp(tmp_path):
     }
     port = free_port()
     log = tmp_path / "api.log"
-    api = start(python("-m", "app.cli", "api", "--port", str(port)), env, log)
+    api = start(python("-m", "launcher.cli", "api", "--port", str(port)), env, log)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", api, log)
         out = subprocess.run(

@@ -77,8 +77,8 @@ def test_api_and_worker_processes_on_postgres_and_redis(pg_database, tmp_path):
         "VISIONTUNE_MAX_ACTIVE_JOBS": "100000",  # the session's PostgreSQL database is shared
     }
     api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
-    api = start(python("-m", "app.cli", "api", "--port", str(port)), env, api_log)
-    worker = start(python("-m", "app.cli", "worker"), {**env, "CUDA_VISIBLE_DEVICES": ""}, worker_log)
+    api = start(python("-m", "launcher.cli", "api", "--port", str(port)), env, api_log)
+    worker = start(python("-m", "launcher.cli", "worker"), {**env, "CUDA_VISIBLE_DEVICES": ""}, worker_log)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/health", api, api_log)

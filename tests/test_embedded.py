@@ -40,7 +40,7 @@ def test_embedded_default_end_to_end(tmp_path):
     port, redis_port = free_port(), free_port()
     log = tmp_path / "run.log"
     proc = start(
-        python("-m", "app.cli", "run", "--port", str(port), "--redis-port", str(redis_port)),
+        python("-m", "launcher.cli", "run", "--port", str(port), "--redis-port", str(redis_port)),
         {"VISIONTUNE_DATA_DIR": str(tmp_path / "var")},
         log,
     )
@@ -67,7 +67,7 @@ def test_embedded_default_end_to_end(tmp_path):
 def test_supervise_restarts_a_dead_child_with_a_doubling_delay_and_stops_on_sigterm(tmp_path):
     """A child that keeps dying is restarted after 1 s, then 2 s; the one beside it runs on; SIGTERM stops all."""
     code = (
-        "import logging, sys; from worker.launch import supervise; logging.basicConfig(level=logging.INFO); "
+        "import logging, sys; from launcher.supervise import supervise; logging.basicConfig(level=logging.INFO); "
         "sys.exit(supervise([([sys.executable, '-c', 'import sys; sys.exit(3)'], {}), "
         "([sys.executable, '-c', 'import time; time.sleep(600)'], {})]))"
     )
@@ -99,7 +99,7 @@ def test_embedded_restarts_a_killed_worker_the_api_stays_up_and_the_job_resumes(
     key = "vt_" + secrets.token_urlsafe(32)
     log = tmp_path / "run.log"
     proc = start(
-        python("-m", "app.cli", "run", "--port", str(port), "--redis-port", str(redis_port)),
+        python("-m", "launcher.cli", "run", "--port", str(port), "--redis-port", str(redis_port)),
         {
             "VISIONTUNE_DATA_DIR": str(tmp_path / "var"),
             "VISIONTUNE_AUTH": "off",

@@ -92,7 +92,7 @@ def test_fuzz_with_admin_and_predict_keys(tmp_path):
     }
     port = free_port()
     log = tmp_path / "api.log"
-    api = start(python("-m", "app.cli", "api", "--port", str(port)), env, log)
+    api = start(python("-m", "launcher.cli", "api", "--port", str(port)), env, log)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/health", api, log)

@@ -392,7 +392,7 @@ def test_real_server_streams_a_big_upload_without_storing_it(tmp_path):
         "VISIONTUNE_MAX_UPLOAD_BYTES": str(8 * MiB),
     }
     log = tmp_path / "api.log"
-    api = start(python("-m", "app.cli", "api", "--port", str(port)), env, log)
+    api = start(python("-m", "launcher.cli", "api", "--port", str(port)), env, log)
     try:
         import httpx
 

@@ -34,7 +34,7 @@ def test_one_cpu_worker_without_gpus(monkeypatch):
 
 def test_the_launcher_does_not_import_torch_and_nothing_initialises_cuda_at_import():
     code = (
-        "import sys, worker.launch, worker.tasks, worker.reaper; print('torch' in sys.modules); "
+        "import sys, launcher.cli, worker.launch, worker.tasks, worker.reaper; print('torch' in sys.modules); "
         "import app.main, worker.runner, torch; print(torch.cuda.is_initialized())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

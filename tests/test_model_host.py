@@ -252,7 +252,7 @@ def test_two_api_processes_each_serve_through_their_own_model_host(tmp_path):
         database_url=db, data_dir=tmp_path / "data", broker_url=f"{REDIS_URL}/0", queue=queue, admin_key=key
     )
     port, log = free_port(), tmp_path / "api.log"
-    api = start(python("-m", "app.cli", "api", "--port", str(port), "--workers", "2"), env, log)
+    api = start(python("-m", "launcher.cli", "api", "--port", str(port), "--workers", "2"), env, log)
     base, auth = f"http://127.0.0.1:{port}", bearer(key)
     try:
         wait_http(f"{base}/health", api, log)

@@ -30,7 +30,8 @@ def test_429_with_retry_after_across_two_api_processes(tmp_path):
     ports = [free_port(), free_port()]
     logs = [tmp_path / f"api{i}.log" for i in range(2)]
     procs = [
-        start(python("-m", "app.cli", "api", "--port", str(p)), env, log) for p, log in zip(ports, logs, strict=True)
+        start(python("-m", "launcher.cli", "api", "--port", str(p)), env, log)
+        for p, log in zip(ports, logs, strict=True)
     ]
     try:
         bases = [f"http://127.0.0.1:{p}" for p in ports]

@@ -115,7 +115,7 @@ def test_promote_rollback_and_alias_move_under_load(tmp_path):
         database_url=db, data_dir=tmp_path / "data", broker_url=f"{REDIS_URL}/0", queue=queue, admin_key=key
     )
     port, log = free_port(), tmp_path / "api.log"
-    api = start(python("-m", "app.cli", "api", "--port", str(port)), env, log)
+    api = start(python("-m", "launcher.cli", "api", "--port", str(port)), env, log)
     base, auth, name = f"http://127.0.0.1:{port}", bearer(key), "switch"
     try:
         wait_http(f"{base}/health", api, log)

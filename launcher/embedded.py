@@ -11,7 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from app.config import Settings
+from app.keys_cli import ADMIN_KEY_FILE, first_admin_key
+from app.migrate import upgrade
+from launcher.supervise import Command, supervise, terminate_all
+from worker.launch import reaper_command, visible_gpus, worker_commands
 
 log = logging.getLogger("visiontune.embedded")
 
@@ -61,8 +67,6 @@ def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    import redis
-
     client = redis.Redis(host="127.0.0.1", port=port)
     deadline = time.monotonic() + 30
     while True:
@@ -78,8 +82,6 @@ def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 def announce_admin_key(settings: Settings) -> None:
     """First start: make an admin key, print it once and keep it in data_dir/admin_key (readable by you only)."""
-    from app.keys_cli import ADMIN_KEY_FILE, first_admin_key
-
     if settings.admin_key:
         return  # the API makes VISIONTUNE_ADMIN_KEY an admin key when it starts
     key = first_admin_key(settings)
@@ -96,9 +98,6 @@ def announce_admin_key(settings: Settings) -> None:
 
 def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
     """Start Redis (unless a broker is configured), migrate, start one worker and the API; Ctrl-C stops all."""
-    from app.migrate import upgrade
-    from worker.launch import reaper_command, supervise, terminate_all, worker_commands
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = {
         "VISIONTUNE_DATA_DIR": str(settings.data_dir.resolve()),
@@ -119,7 +118,7 @@ def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
     except BaseException:
         terminate_all(children)
         raise
-    api = (
+    api: Command = (
         [
             sys.executable,
             "-m",
@@ -137,12 +136,6 @@ def run_embedded(settings: Settings, redis_port: int | None = None) -> int:
     try:
         # One CPU worker (or one per GPU), the reaper and the API, each restarted if it dies (with a backoff);
         # Ctrl-C or SIGTERM stops them all, then Redis.
-        return supervise([*worker_commands(_gpus()), reaper_command(), api])
+        return supervise([*worker_commands(visible_gpus()), reaper_command(), api])
     finally:
         terminate_all(children)
-
-
-def _gpus() -> list[str]:
-    from worker.launch import visible_gpus
-
-    return visible_gpus()

@@ -1,0 +1,1 @@
+"""The launchers: the `visiontune` command and the processes it starts, above both the service and the workers."""
