@@ -1,10 +1,17 @@
 """Every transition of a training job's status, each one conditional UPDATE; nothing else writes `Job.status`.
 
-    submit ─> queued ──claim──> running ──succeed──> succeeded
-                │  ↑               ├──fail─────────> failed
-         cancel │  │               ├──confirm_cancel> canceled
-                ↓  │               └──release, retry_or_give_up, expire_lease ─> queued | failed | canceled
-             canceled ─────────────────────────────────────────────────────────┘
+    transition        from                         to                                         called by
+    submit            (new)                        queued                                     API
+    cancel            queued                       canceled, at once                          API
+                      running                      running with cancel_requested              API
+    claim             queued, retry due            running, attempt + 1                       worker
+    fenced_write      running, this attempt        running (lease renewed, progress)          worker
+    succeed           running, this attempt        succeeded                                  worker
+    fail              running, this attempt        failed                                     worker
+    confirm_cancel    running, this attempt        canceled                                   worker
+    release           running, this attempt        queued (or canceled if asked)              worker, on shutdown
+    retry_or_give_up  running, this attempt        queued after backoff | failed | canceled    worker, transient error
+    expire_lease      running, lease ran out       as retry_or_give_up                        reaper
 
 A worker claims a queued job with one compare-and-set UPDATE that bumps `attempt`: that number is its fencing
 token. Every write the worker makes afterwards (lease renewals, progress, the outcome) matches `(id, attempt,
