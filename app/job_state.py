@@ -21,7 +21,7 @@ through one decision: `retry_or_give_up` (back to the queue after a backoff, fai
 are spent, canceled if a cancel was asked for meanwhile).
 
 The functions take the caller's session and never commit: the API's request and the worker's `session_scope`
-own the unit of work. They never import torch or a worker.
+own the unit of work. No torch here, nothing of the workers: the reaper and the API load it too.
 """
 
 from __future__ import annotations

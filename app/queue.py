@@ -1,9 +1,9 @@
 """The task queue: task names, priorities, the Celery app's configuration, sending, and what the broker holds.
 
-The API, the reaper and the workers all go through here; `app` never imports `worker` (the workers register
-the tasks under these names, in worker/tasks.py). A task carries one id; the row it names is committed before
-its task is sent, and a send that is lost is made good by the reaper, which asks `broker_probe` which ids the
-broker still holds.
+The API, the reaper and the workers all go through here, and the service depends on nothing above it (the
+workers register the tasks under these names, in worker/tasks.py). A task carries one id; the row it names is
+committed before its task is sent, and a send that is lost is made good by the reaper, which asks
+`broker_probe` which ids the broker still holds.
 """
 
 from __future__ import annotations
