@@ -8,6 +8,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from app.auth import SCOPES, cli_actor, new_key, server_secret
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, session_scope
@@ -18,7 +20,7 @@ from app.services import keys as service
 ADMIN_KEY_FILE = "admin_key"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="API keys: create, list, revoke (on the server; the API may be down)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create", help="make a key and print it (shown this once)")
@@ -55,7 +57,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         engine.dispose()
 
 
-def _run(session, settings: Settings, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+def _run(session: Session, settings: Settings, args: argparse.Namespace) -> int:
     actor = cli_actor()
     if args.keys_command == "create":
         expires = datetime.now(UTC) + timedelta(days=args.expires_in_days) if args.expires_in_days else None

@@ -13,7 +13,7 @@ from app.api.docs import errors
 from app.api.uploads import DATASET_UPLOAD_OPENAPI, read_dataset_form
 from app.db import session_scope
 from app.models import Dataset
-from app.schemas import MAX_OFFSET, DatasetFormat, DatasetOut, DatasetSource, DatasetRegister, Page
+from app.schemas import MAX_OFFSET, DatasetFormat, DatasetOut, DatasetRegister, DatasetSource, Page
 from app.services import audit, quotas
 from app.services import datasets as service
 
@@ -26,7 +26,7 @@ def to_out(d: Dataset) -> DatasetOut:
         name=d.name,
         format=cast(DatasetFormat, d.format),
         source=cast(DatasetSource, d.source),
-        class_names=d.class_names,  # type: ignore[arg-type]
+        class_names=d.class_names,
         num_classes=len(d.class_names),
         num_images=d.num_images,
         split_counts=d.split_counts,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -64,7 +64,7 @@ def list_models(session: Session, project: str) -> list[RegisteredModel]:
     return list(session.scalars(query).all())
 
 
-def _versions(project: str, name: str):  # type: ignore[no-untyped-def]
+def _versions(project: str, name: str) -> Select[ModelVersion]:
     return select(ModelVersion).where(ModelVersion.project == project, ModelVersion.model_name == name)
 
 
