@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,7 +18,8 @@ from app.auth import Actor
 from app.config import Settings
 from app.db import after_commit
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
-from app.ml.backbones import build_model, count_stages, known_architecture
+from app.ml.architectures import ARCHITECTURES, ArchitectureError
+from app.ml.strategies import STRATEGIES, StrategyError
 from app.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, JobStatus, ModelVersion
 from app.schemas import JobCreate
 from app.services import audit, quotas, registry
@@ -64,26 +64,14 @@ def validate_job_request(session: Session, settings: Settings, actor: Actor, req
     dataset = session.get(Dataset, req.dataset_id)
     if dataset is None or dataset.project != actor.project:
         raise InvalidInput(f"dataset {req.dataset_id} does not exist; upload one with POST /datasets")
-    if not known_architecture(req.arch):
-        raise InvalidInput(
-            f"unknown architecture {req.arch[:100]!r}: use resnet18, resnet34, resnet50, mobilenet_v3_large, "
-            "efficientnet_b0, convnext_tiny, vit_b_16, efficientnet_lite0 or timm/<model name>"
-        )
-    if req.strategy == "lora" and req.weights == "none":
-        raise InvalidInput("lora adapts pretrained weights; with weights 'none' use strategy 'full'")
-    if req.strategy == "lora":
-        from app.ml.strategies import lora_targets
-
-        with torch.device("meta"):
-            if not lora_targets(build_model(req.arch, 2, "none")):
-                raise InvalidInput(f"LoRA finds no linear or dense convolution layers to adapt in {req.arch}")
-    if req.strategy == "partial":
-        stages = count_stages(req.arch)
-        if req.unfreeze_stages > stages:
-            raise InvalidInput(
-                f"unfreeze_stages={req.unfreeze_stages} but {req.arch} has {stages} stages; "
-                f"use 1..{stages} (or strategy 'full')"
-            )
+    try:
+        ARCHITECTURES.get(req.arch)
+    except ArchitectureError as exc:
+        raise InvalidInput(str(exc)) from None
+    try:
+        STRATEGIES.get(req.strategy).check(req)  # e.g. partial's stage count, lora's pretrained weights
+    except StrategyError as exc:
+        raise InvalidInput(str(exc)) from None
     train_counts = dataset.split_counts.get("train", {})
     if "val" not in dataset.split_counts and req.val_fraction > 0:
         if sum(1 for n in train_counts.values() if n >= 2) < 2:
