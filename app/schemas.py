@@ -6,12 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-# Discriminative learning rates with pretrained weights: a stage at depth d trains at lr x 0.9^d. Milder
-# decays trained better than 0.75 on the CIFAR subset (README, Measured figures); 0.9 still keeps the early,
-# generic stages slower (an 8-stage backbone's stem at 43% of the rate).
-DEFAULT_LR_DECAY = 0.9
+from app.ml.config import TrainConfig, TrainingOptions
 
 T = TypeVar("T")
 
@@ -56,87 +53,18 @@ class DatasetRegister(BaseModel):
     skip_invalid: StrictBool = Field(default=False, description="Leave unreadable images out instead of refusing")
 
 
-class JobCreate(BaseModel):
-    """A fine-tuning job. Unknown fields are refused so that a typo never silently falls back to a default;
-    numbers and booleans must be JSON numbers and booleans (`"epochs": true` or `"5"` is refused)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+class _JobHead(BaseModel):
+    """The job-level fields that come before the training settings (in the schema and in 422 messages)."""
 
     dataset_id: uuid.UUID
     model_name: str = Field(
         default="default", pattern=MODEL_NAME_PATTERN, description="Registered model whose versions compete"
     )
-    arch: str = Field(
-        default="efficientnet_lite0",
-        max_length=200,
-        description="resnet18|resnet34|resnet50|mobilenet_v3_large|efficientnet_b0|convnext_tiny|vit_b_16|"
-        "efficientnet_lite0|timm/<name>",
-    )
-    weights: str = Field(
-        default="imagenet",
-        max_length=1024,
-        description="'imagenet', 'none', or (admin keys only) a .safetensors/.pt/.pth file under the server's "
-        "VISIONTUNE_WEIGHTS_ROOT, named relative to it",
-    )
-    strategy: Literal["linear", "partial", "full", "lora"] = Field(
-        default="linear",
-        description="linear: frozen backbone, only the new head trains; features are computed once and cached, "
-        "so augmentation and mixup/cutmix do not apply. partial: the last `unfreeze_stages` stages train too. "
-        "full: everything trains, with discriminative learning rates (`lr_decay`). lora: LoRA adapters (peft) on "
-        "the backbone's linear and dense conv layers plus the head; merged into the weights for serving",
-    )
-    unfreeze_stages: StrictInt = Field(default=1, ge=1, le=64, description="partial: how many last stages train")
-    lr_decay: StrictFloat | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="partial/full: a stage at depth d below the head trains at learning_rate × lr_decay^d; "
-        f"default {DEFAULT_LR_DECAY:g} with pretrained weights, 1 (off) with weights none",
-    )
-    lora_rank: StrictInt = Field(default=8, ge=1, le=256)
-    lora_alpha: StrictFloat = Field(default=16.0, gt=0, le=1024)
-    epochs: StrictInt = Field(default=5, ge=1, le=1000)
-    batch_size: StrictInt = Field(default=64, ge=1, le=4096)
-    learning_rate: StrictFloat = Field(default=1e-3, gt=0, le=10)
-    optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="sgd uses Nesterov momentum")
-    weight_decay: StrictFloat = Field(default=1e-4, ge=0, le=1, description="not applied to norms and biases")
-    momentum: StrictFloat = Field(default=0.9, ge=0, lt=1)
-    schedule: Literal["cosine", "onecycle", "constant"] = Field(
-        default="cosine", description="per step; cosine/constant after `warmup_epochs` of linear warmup"
-    )
-    warmup_epochs: StrictFloat = Field(default=0.0, ge=0, le=100, description="onecycle: warmup share (default 30%)")
-    label_smoothing: StrictFloat = Field(default=0.0, ge=0, le=0.5)
-    grad_clip: StrictFloat | None = Field(default=None, gt=0, le=1e6, description="max gradient norm")
-    class_weighting: Literal["none", "balanced"] = Field(
-        default="none", description="balanced: loss weights n/(classes × n_class), for imbalanced data"
-    )
-    early_stopping_patience: StrictInt | None = Field(
-        default=None, ge=1, le=1000, description="stop after this many epochs without a val accuracy gain"
-    )
-    early_stopping_min_delta: StrictFloat = Field(default=0.0, ge=0, le=1)
-    image_size: StrictInt = Field(default=224, ge=16, le=1024, description="images are resized (small ones upsampled)")
-    augmentation: Literal["none", "basic", "randaugment", "trivialaugment", "classic"] = Field(
-        default="basic",
-        description="basic: random resized crop + flip; randaugment / trivialaugment on top of basic; classic: "
-        "rotation, shift, shear, zoom, flip. Not used by linear",
-    )
-    mixup_prob: StrictFloat = Field(default=0.0, ge=0, le=1, description="share of batches mixed with MixUp")
-    cutmix_prob: StrictFloat = Field(default=0.0, ge=0, le=1, description="share of batches mixed with CutMix")
-    val_fraction: StrictFloat = Field(default=0.1, ge=0, le=0.5, description="Held out of train when there is no val")
-    seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
-    num_workers: StrictInt | None = Field(default=None, ge=0, le=64, description="DataLoader workers; auto if unset")
-    compile: StrictBool = Field(default=False, description="torch.compile the model (worth it for long GPU jobs)")
-    probe_epochs: StrictInt = Field(
-        default=0,
-        ge=0,
-        le=100,
-        description="partial/full/lora: first train the fresh head alone for this many epochs on cached backbone "
-        "features (linear probe, then fine-tune: LP-FT), so fine-tuning starts from a trained head instead of a "
-        "random one. Costs one feature pass over the training images (shared with `baseline`)",
-    )
-    baseline: StrictBool = Field(
-        default=True, description="also measure the model before fine-tuning (one linear-probe pass)"
-    )
+
+
+class _JobTail(BaseModel):
+    """The job-level fields that come after the training settings."""
+
     exports: list[Literal["onnx", "onnx-int8"]] = Field(
         default_factory=list,
         max_length=2,
@@ -152,15 +80,25 @@ class JobCreate(BaseModel):
         "default: the server's VISIONTUNE_MAX_ATTEMPTS (3)",
     )
 
-    @model_validator(mode="after")
-    def _combinations(self) -> JobCreate:
-        if self.mixup_prob + self.cutmix_prob > 1:
-            raise ValueError("mixup_prob + cutmix_prob must be at most 1")
-        if self.probe_epochs and self.strategy == "linear":
-            raise ValueError("probe_epochs is for partial, full and lora: linear already trains only the head")
-        if self.probe_epochs and self.weights == "none":
-            raise ValueError("probe_epochs needs pretrained weights: a random backbone's features are no head start")
-        return self
+
+# Bases in this order give the fields in the public order: _JobHead's, the training settings, _JobTail's.
+class JobCreate(_JobTail, TrainingOptions, _JobHead):
+    """A fine-tuning job. Unknown fields are refused so that a typo never silently falls back to a default;
+    numbers and booleans must be JSON numbers and booleans (`"epochs": true` or `"5"` is refused)."""
+
+
+# What a job adds to its training settings; `training_config` sets exactly these aside.
+JOB_FIELDS = frozenset(_JobHead.model_fields) | frozenset(_JobTail.model_fields)
+# Keys of stored jobs that no release after 2026-11-22 reads: `augment` was replaced by `augmentation` the day it
+# came, and the worker has ignored it since, so rows that still carry it keep training as they did.
+RETIRED_FIELDS = frozenset({"augment"})
+
+
+def training_config(job_config: dict[str, Any]) -> TrainConfig:
+    """The training config of a stored job (`Job.config`: the request as submitted, weights resolved): the
+    job-level fields are set aside and everything else must be a valid training setting (an unknown key raises)."""
+    settings = {k: v for k, v in job_config.items() if k not in JOB_FIELDS | RETIRED_FIELDS}
+    return TrainConfig.model_validate(settings)
 
 
 class EpochOut(BaseModel):

@@ -33,6 +33,7 @@ from app.ml.engine import DeviceSetup, TrainingStopped
 from app.ml.strategies import export_state_dict
 from app.ml.trainer import EpochReport, FitResult, TrainConfig, TrainingState, fit
 from app.models import Dataset, Epoch, Job, JobStatus
+from app.schemas import training_config
 from app.services.exports import queue_exports
 from app.services.registry import register_version
 from worker import shutdown
@@ -150,7 +151,7 @@ class JobRunner:
                 dataset = s.get(Dataset, job.dataset_id)
                 assert dataset is not None
                 dataset_path = Path(dataset.path)
-            config = TrainConfig.from_dict(job.config)
+            config = training_config(job.config)
             store = CheckpointStore(
                 self.settings.checkpoints_dir, self.factory, job_id, attempt, self.settings.lease_seconds
             )

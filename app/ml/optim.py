@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from app.ml.backbones import BuiltModel
-    from app.ml.trainer import TrainConfig
+from app.ml.backbones import BuiltModel
+from app.ml.config import Schedule, TrainConfig
 
-SCHEDULES = ("cosine", "onecycle", "constant")
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def stage_depths(built: BuiltModel) -> dict[str, int]:

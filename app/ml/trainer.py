@@ -8,7 +8,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +17,7 @@ from torch import nn
 
 from app.ml.augment import DEVICE_AUGMENTATIONS, BatchMixer, train_transform
 from app.ml.backbones import BuiltModel, build_model
+from app.ml.config import TrainConfig
 from app.ml.data import DeviceBatches, ImageDataset, SampleSet, stratified_split
 from app.ml.engine import (
     DeviceSetup,
@@ -32,60 +33,11 @@ from app.ml.metrics import MetricAccumulator
 from app.ml.optim import EarlyStopping, class_weights, make_optimizer, make_scheduler, stage_depths
 from app.ml.strategies import apply_strategy
 from app.ml.transforms import eval_transform
-from app.schemas import DEFAULT_LR_DECAY
 
 # Small datasets are decoded once and kept in memory (per job) up to this many bytes.
 DECODED_CACHE_BYTES = 2 * 1024**3
 # A uniformly sized dataset up to this size lives on the GPU, augmented there.
 DEVICE_RESIDENT_BYTES = 4 * 1024**3
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines a training run (the job request, validated)."""
-
-    arch: str
-    weights: str = "imagenet"
-    strategy: str = "linear"
-    unfreeze_stages: int = 1
-    lr_decay: float | None = None  # discriminative LR per stage; None: DEFAULT_LR_DECAY when pretrained, else 1
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    epochs: int = 5
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    class_weighting: str = "none"
-    early_stopping_patience: int | None = None
-    early_stopping_min_delta: float = 0.0
-    image_size: int = 224
-    augmentation: str = "basic"
-    mixup_prob: float = 0.0
-    cutmix_prob: float = 0.0
-    val_fraction: float = 0.1
-    seed: int = 0
-    num_workers: int | None = None
-    compile: bool = False
-    probe_epochs: int = 0
-    baseline: bool = True
-
-    def __post_init__(self) -> None:
-        if self.lr_decay is None:
-            self.lr_decay = DEFAULT_LR_DECAY if self.weights != "none" else 1.0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
