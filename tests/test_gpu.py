@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from app.ml.config import TrainConfig
 from app.ml.data import DeviceBatches, SampleSet
 from app.ml.engine import DeviceSetup
 from app.ml.flops import peak_flops
-from app.ml.trainer import BaseHooks, TrainConfig, batches, fit
+from app.ml.trainer import BaseHooks, batches, fit
 
 pytestmark = pytest.mark.gpu
 

@@ -13,13 +13,14 @@ from safetensors.torch import save_file
 from app.ml.augment import train_transform
 from app.ml.backbones import ArchitectureError, build_model, count_stages, known_architecture
 from app.ml.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from app.ml.config import TrainConfig
 from app.ml.data import SampleSet, read_cifar_batch, read_cifar_meta, stratified_split
 from app.ml.engine import DeviceSetup, set_train_mode, train_one_epoch
 from app.ml.metrics import MetricAccumulator
 from app.ml.optim import make_optimizer
 from app.ml.predictor import LoadedModel
 from app.ml.strategies import StrategyError, apply_strategy
-from app.ml.trainer import TrainConfig, make_loader
+from app.ml.trainer import make_loader
 from tests.factories import CIFAR_DIR
 
 

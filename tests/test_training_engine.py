@@ -10,16 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from app.ml import trainer
 from app.ml.augment import AUGMENTATIONS, BatchMixer, random_resized_crop_batch, resize_batch, train_transform
 from app.ml.backbones import build_model
+from app.ml.config import TrainConfig
 from app.ml.data import DeviceBatches, SampleSet
 from app.ml.engine import DeviceSetup, RunningStats, train_head_epoch, train_one_epoch
 from app.ml.flops import peak_flops, peak_for
 from app.ml.optim import EarlyStopping, class_weights, lr_factor, make_optimizer, stage_depths
 from app.ml.predictor import LoadedModel
 from app.ml.strategies import apply_strategy, export_state_dict, lora_targets
-from app.ml.trainer import BaseHooks, TrainConfig, fit, make_loader
+from app.ml.trainer import BaseHooks, fit, make_loader
+from app.ml.trainer import baseline as trainer_baseline
+from app.ml.trainer import fitting as trainer_fit
 
 
 def tiny_samples(n: int = 12, size: int = 32, classes: int = 2) -> SampleSet:
@@ -253,18 +255,18 @@ def test_probe_epochs_start_fine_tuning_from_a_trained_head(monkeypatch, baselin
     samples, names = SampleSet(labels=labels, arrays=arrays), ["red", "green", "blue"]
     setup = DeviceSetup.for_device("cpu")
     heads, feature_passes = [], []
-    real_finetune, real_features = trainer._fit_finetune, trainer._features
+    real_finetune, real_features = trainer_fit.fine_tune, trainer_baseline.backbone_features
 
-    def spy_finetune(cfg, built, *args):
-        heads.append({k: v.clone() for k, v in built.head.state_dict().items()})
-        return real_finetune(cfg, built, *args)
+    def spy_finetune(ctx):
+        heads.append({k: v.clone() for k, v in ctx.built.head.state_dict().items()})
+        return real_finetune(ctx)
 
     def spy_features(built, split, *args):
         feature_passes.append(len(split))
         return real_features(built, split, *args)
 
-    monkeypatch.setattr(trainer, "_fit_finetune", spy_finetune)
-    monkeypatch.setattr(trainer, "_features", spy_features)
+    monkeypatch.setattr(trainer_fit, "fine_tune", spy_finetune)
+    monkeypatch.setattr(trainer_baseline, "backbone_features", spy_features)
     common = dict(arch="efficientnet_lite0", strategy="partial", epochs=1, batch_size=8, image_size=32)
     for probe_epochs in (0, 20):
         cfg = TrainConfig(**common, learning_rate=0.05, probe_epochs=probe_epochs, baseline=baseline)
@@ -275,7 +277,7 @@ def test_probe_epochs_start_fine_tuning_from_a_trained_head(monkeypatch, baselin
     torch.manual_seed(0)
     built = build_model("efficientnet_lite0", 3, "imagenet")
     assert all(torch.equal(v, heads[0][k]) for k, v in built.head.state_dict().items())  # probe_epochs 0: fresh
-    features, labels = real_features(built, samples, TrainConfig(**common), setup, Hooks())
+    features, labels = real_features(built, samples, TrainConfig(**common), setup)
     loss = torch.nn.CrossEntropyLoss()
 
     def head_loss(state):

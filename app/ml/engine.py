@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -18,6 +19,14 @@ from app.ml.transforms import normalize_batch
 
 class TrainingStopped(Exception):
     """should_stop() said so between two batches (cancellation, lost lease, shutdown)."""
+
+
+class Batches(Protocol):
+    """(images, labels) batches, as many as len() says: a DataLoader, or DeviceBatches on the training device."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass
@@ -106,7 +115,7 @@ def _prepare(images: torch.Tensor, setup: DeviceSetup, prep: Preprocessing) -> t
 
 def train_one_epoch(
     model: nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: Batches,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loss_fn: nn.Module,
@@ -156,7 +165,7 @@ def train_one_epoch(
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: Batches,
     setup: DeviceSetup,
     prep: Preprocessing,
     num_classes: int,
@@ -182,7 +191,7 @@ def evaluate(
 def extract_features(
     model: nn.Module,
     head: nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: Batches,
     setup: DeviceSetup,
     prep: Preprocessing,
     should_stop: Callable[[], bool] = lambda: False,

@@ -40,11 +40,6 @@ def forward_flops(model: nn.Module, image_size: int, device: torch.device) -> fl
         model.train(was_training)
 
 
-def training_flops_multiplier(strategy: str) -> float:
-    """Forward + backward cost in forwards: 3 when all weights train, ~2 when only some produce weight grads."""
-    return 3.0 if strategy == "full" else 2.0
-
-
 def peak_for(name: str, amp: bool, tf32: bool) -> float | None:
     """Peak FLOP/s of the card called `name` at the precision the model runs in (None for an unknown card).
 
