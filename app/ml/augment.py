@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import v2
 
-from app.ml.transforms import eval_transform
+from app.ml.config import Augmentation
+from app.ml.transforms import eval_transform, interpolation_mode
 
-AUGMENTATIONS = ("none", "basic", "randaugment", "trivialaugment", "classic")
+AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 # Presets the device-side batch pipeline reproduces exactly (random resized crop + flip, or nothing).
 DEVICE_AUGMENTATIONS = ("none", "basic")
 CROP_SCALE = (0.35, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
-
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
 def train_transform(
     image_size: int, preset: str = "basic", interpolation: str = "bilinear"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Per-image train-time transform on uint8 C×H×W tensors for a preset."""
-    mode = _INTERPOLATION.get(interpolation, InterpolationMode.BILINEAR)
+    mode = interpolation_mode(interpolation)
     if preset == "none":
         return eval_transform(image_size, interpolation)
     crop = [

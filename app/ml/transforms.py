@@ -9,12 +9,17 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    """The torchvision mode for a Preprocessing.interpolation name (bilinear for names it does not know)."""
+    return INTERPOLATIONS.get(name, InterpolationMode.BILINEAR)
 
 
 def eval_transform(image_size: int, interpolation: str = "bilinear") -> Callable[[torch.Tensor], torch.Tensor]:
     """Shorter side to image_size, then the centre square: deterministic, for validation, test and serving."""
-    mode = _INTERPOLATION.get(interpolation, InterpolationMode.BILINEAR)
+    mode = interpolation_mode(interpolation)
     return v2.Compose([v2.Resize(image_size, interpolation=mode, antialias=True), v2.CenterCrop(image_size)])
 
 
