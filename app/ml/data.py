@@ -247,7 +247,7 @@ def _encode_guarded(real: Callable[..., Any]) -> Callable[..., Any]:
     return encode
 
 
-class _CifarUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+class _CifarUnpickler(pickle._Unpickler):
     # The pure-Python unpickler: its memo is a dict, so a forged memo index cannot make it allocate (the C one
     # grows an array to the index), and it reads from a BytesIO, so a forged length cannot either.
     def find_class(self, module: str, name: str) -> Any:
@@ -520,17 +520,17 @@ def scan_imagefolder(
         raise DatasetFormatError(
             "no class folders found: expected `<class>/<image>` (optionally under train/, val/, test/)"
         )
-    for split, classes in per_split.items():
-        extra = sorted(set(classes) - set(class_names))
+    for split, found in per_split.items():
+        extra = sorted(set(found) - set(class_names))
         if extra:
             raise DatasetFormatError(f"{split}/ has classes {extra} that train/ does not have")
 
     index = {name: i for i, name in enumerate(class_names)}
     samples: dict[str, list[tuple[str, int]]] = {}
     invalid: list[dict[str, str]] = []
-    for split, classes in per_split.items():
+    for split, found in per_split.items():
         rows: list[tuple[str, int]] = []
-        for name, files in sorted(classes.items()):
+        for name, files in sorted(found.items()):
             for f in files:
                 rel = str(f.relative_to(root))
                 if f.suffix.lower() not in IMAGE_EXTENSIONS:

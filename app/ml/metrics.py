@@ -25,7 +25,7 @@ class MetricAccumulator:
         """Add a batch: its logits, integer targets and the batch's summed (not mean) loss."""
         logits = logits.detach().float()
         targets = targets.detach().to(logits.device)
-        if self._confusion is None:
+        if self._confusion is None or self._top5_hits is None or self._loss_sum is None:
             self._confusion = torch.zeros(self.num_classes**2, dtype=torch.int64, device=logits.device)
             self._top5_hits = torch.zeros((), dtype=torch.int64, device=logits.device)
             self._loss_sum = torch.zeros((), dtype=torch.float64, device=logits.device)

@@ -28,7 +28,8 @@ class LoadedModel:
         self.device = torch.device(device)
         built = build_model(self.arch, len(self.class_names), "none")
         built.model.load_state_dict(state)
-        self.model = built.model.to(self.device, memory_format=torch.channels_last).eval()
+        # torch's stubs lack Module.to(device, memory_format=...), which torch supports
+        self.model = built.model.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.transform = eval_transform(self.image_size, self.preprocessing.interpolation)
 
     @classmethod
