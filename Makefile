@@ -31,7 +31,7 @@ bench: install
 
 # On a CUDA host: the GPU tests (skipped elsewhere), then the ResNet-50 throughput benchmark.
 gpu-check: install
-	$(BIN)/python -m pytest -m gpu tests/test_gpu.py
+	$(BIN)/python -m pytest -m gpu tests/ml/test_gpu.py
 	$(BIN)/python benchmarks/gpu_throughput.py
 
 clean:

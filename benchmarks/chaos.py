@@ -50,7 +50,7 @@ from sqlalchemy import func, select  # noqa: E402
 from app.db import session_scope  # noqa: E402
 from app.job_state import retry_delay  # noqa: E402
 from app.models import TERMINAL_STATUSES, Epoch, Job  # noqa: E402
-from tests.chaos import Cluster, create_pg_database  # noqa: E402
+from tests.chaos.cluster import Cluster, create_pg_database  # noqa: E402
 from tests.factories import cifar_imagefolder_zip  # noqa: E402
 from tests.servers import postgres_url  # noqa: E402
 

@@ -85,7 +85,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         rate_limit_predict="100000/minute",
         # The in-process apps of these tests run the forward on a thread: a model host per app would spawn a child
         # (seconds of importing torch) for every test that predicts. The host itself is tested in
-        # tests/test_model_host.py, and every test that starts a real `visiontune api` runs with it.
+        # tests/serving/test_model_host.py, and every test that starts a real `visiontune api` runs with it.
         predict_isolation="thread",
     )
 

@@ -322,7 +322,7 @@ def test_a_task_whose_worker_died_before_claiming_is_sent_again(client, settings
         "conn = make_celery(s).connection_for_read(); m = conn.default_channel.basic_get(s.queue)\n"
         "assert m is not None; os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    died = subprocess.run([sys.executable, "-c", taker], cwd=Path(__file__).resolve().parents[1], check=False)
+    died = subprocess.run([sys.executable, "-c", taker], cwd=Path(__file__).resolve().parents[2], check=False)
     assert died.returncode == -9
     later = utcnow() + timedelta(seconds=settings.requeue_grace_seconds + 1)
     fresh = Reaper(settings, factory, [].append, redis_probe(settings.broker_url, settings.queue, 60.0))

@@ -13,7 +13,7 @@ from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
 from tests.factories import cifar_imagefolder_zip
-from tests.test_runner import run_enqueued, upload
+from tests.worker.test_runner import run_enqueued, upload
 
 
 @pytest.fixture(scope="module")

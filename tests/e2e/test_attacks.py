@@ -10,7 +10,7 @@ from tests.processes import stop
 
 pytestmark = pytest.mark.e2e
 
-SKIPPED = ("6 GiB streamed upload",)  # 16 s of streaming; tests/test_http_hardening.py streams 64 MiB instead
+SKIPPED = ("6 GiB streamed upload",)  # 16 s of streaming; tests/api/test_http_hardening.py streams 64 MiB instead
 
 
 def test_bombs_are_refused_with_bounded_memory(tmp_path):

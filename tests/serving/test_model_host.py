@@ -233,8 +233,8 @@ def test_two_api_processes_each_serve_through_their_own_model_host(tmp_path):
     from app.config import Settings
     from app.migrate import upgrade
     from tests.conftest import REDIS_URL
+    from tests.e2e.test_switch import red_png, train_two_versions
     from tests.processes import bearer, free_port, python, start, stop, wait_http
-    from tests.test_switch import red_png, train_two_versions
 
     db = f"sqlite:///{tmp_path / 'vt.db'}"
     upgrade(db)

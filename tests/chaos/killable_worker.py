@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import worker.runner as runner_module  # noqa: E402
 from worker.launch import run_worker_process  # noqa: E402

@@ -24,8 +24,8 @@ from app.models import Epoch, Export, Job
 from app.services.datasets import ingest_upload
 from app.services.jobs import submit_job
 
-REPO = Path(__file__).resolve().parents[1]
-CHAOS_WORKER = Path(__file__).resolve().parent / "chaos_worker.py"
+REPO = Path(__file__).resolve().parents[2]
+CHAOS_WORKER = Path(__file__).resolve().parent / "killable_worker.py"
 
 
 def free_port() -> int:
@@ -150,7 +150,7 @@ class Cluster:
         self.start_redis()
 
     def start_worker(self, name: str | None = None, **chaos_env: str) -> str:
-        """A Celery worker process (`visiontune worker-process`); chaos_env switches on tests/chaos_worker.py."""
+        """A Celery worker process (`visiontune worker-process`); chaos_env switches on killable_worker.py."""
         self._counter += 1
         name = name or f"worker{self._counter}"
         if chaos_env:

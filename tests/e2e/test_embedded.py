@@ -12,9 +12,9 @@ import httpx
 import psutil
 import pytest
 
+from tests.e2e.test_e2e import check_service
 from tests.factories import color_images_zip, tiny_job
 from tests.processes import free_port, python, start, stop, wait_http
-from tests.test_e2e import check_service
 
 pytestmark = pytest.mark.e2e
 

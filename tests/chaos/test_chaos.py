@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import Cluster, create_pg_database
+from tests.chaos.cluster import Cluster, create_pg_database
 from tests.conftest import PG_ADMIN_URL
 from tests.factories import cifar_imagefolder_zip, tiny_job
 
