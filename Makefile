@@ -25,6 +25,8 @@ test: install
 
 lint: install
 	$(BIN)/ruff check app worker launcher migrations tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy app worker launcher
 
 bench: install
 	$(BIN)/python benchmarks/finetune_cifar.py

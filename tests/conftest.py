@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import new_key
 from app.config import Settings
+from app.db import make_engine, make_sessionmaker
 from app.main import create_app
 from app.migrate import upgrade
 from tests import servers
@@ -92,6 +94,14 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 class Enqueued(list[uuid.UUID]):
     """Records job ids the API enqueued (tests run the runner themselves)."""
+
+
+@pytest.fixture
+def factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the test's database (SQLite file or the session's PostgreSQL database)."""
+    engine = make_engine(settings.resolved_database_url())
+    yield make_sessionmaker(engine)
+    engine.dispose()
 
 
 @pytest.fixture

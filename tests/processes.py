@@ -8,11 +8,47 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from app.auth import new_key
+from app.config import Settings
+from app.migrate import upgrade
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class LocalApi:
+    """What a real `visiontune api` process on a fresh SQLite database needs: its environment, the same settings
+    for code that works on that database in this process (training jobs here), and its admin key."""
+
+    env: dict[str, str]
+    settings: Settings
+    key: str
+
+
+def local_api(tmp_path: Path, queue: str, redis_url: str) -> LocalApi:
+    """A migrated SQLite database under tmp_path, an admin key, rate limits out of the way, and `queue` on
+    redis_url (nobody consumes it unless the test starts a worker)."""
+    db = f"sqlite:///{tmp_path / 'vt.db'}"
+    upgrade(db)
+    key = new_key()
+    env = {
+        "VISIONTUNE_DATABASE_URL": db,
+        "VISIONTUNE_DATA_DIR": str(tmp_path / "data"),
+        "VISIONTUNE_BROKER_URL": f"{redis_url}/0",
+        "VISIONTUNE_QUEUE": queue,
+        "VISIONTUNE_ADMIN_KEY": key,
+        "VISIONTUNE_RATE_LIMIT_PREDICT": "1000000/minute",
+        "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
+    }
+    settings = Settings(
+        database_url=db, data_dir=tmp_path / "data", broker_url=f"{redis_url}/0", queue=queue, admin_key=key
+    )
+    return LocalApi(env, settings, key)
 
 
 def free_port() -> int:

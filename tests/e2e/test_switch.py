@@ -13,13 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
-from app.auth import new_key
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
-from app.migrate import upgrade
 from tests.conftest import REDIS_URL
 from tests.factories import color_images_zip, png_bytes, tiny_job
-from tests.processes import bearer, free_port, python, start, stop, wait_http
+from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http
 from worker.runner import JobRunner
 
 pytestmark = pytest.mark.e2e
@@ -98,22 +96,8 @@ class Load:
 
 
 def test_promote_rollback_and_alias_move_under_load(tmp_path):
-    db = f"sqlite:///{tmp_path / 'vt.db'}"
-    upgrade(db)
-    key = new_key()
-    queue = f"switch-{uuid.uuid4().hex[:8]}"  # nobody consumes it: the jobs are trained here
-    env = {
-        "VISIONTUNE_DATABASE_URL": db,
-        "VISIONTUNE_DATA_DIR": str(tmp_path / "data"),
-        "VISIONTUNE_BROKER_URL": f"{REDIS_URL}/0",
-        "VISIONTUNE_QUEUE": queue,
-        "VISIONTUNE_ADMIN_KEY": key,
-        "VISIONTUNE_RATE_LIMIT_PREDICT": "1000000/minute",
-        "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
-    }
-    settings = Settings(
-        database_url=db, data_dir=tmp_path / "data", broker_url=f"{REDIS_URL}/0", queue=queue, admin_key=key
-    )
+    local = local_api(tmp_path, f"switch-{uuid.uuid4().hex[:8]}", REDIS_URL)  # the jobs are trained here
+    env, settings, key = local.env, local.settings, local.key
     port, log = free_port(), tmp_path / "api.log"
     api = start(python("-m", "launcher.cli", "api", "--port", str(port)), env, log)
     base, auth, name = f"http://127.0.0.1:{port}", bearer(key), "switch"

@@ -15,18 +15,11 @@ from sqlalchemy.orm import Session
 
 from app import job_state
 from app.auth import cli_actor
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import session_scope
 from app.errors import Conflict
 from app.job_state import LeaseLost
 from app.models import Job, JobStatus, utcnow
 from app.services.jobs import cancel_job
-
-
-@pytest.fixture
-def factory(settings):
-    engine = make_engine(settings.resolved_database_url())
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def submit(factory, max_attempts: int = 3, sent: bool = True) -> uuid.UUID:

@@ -229,28 +229,12 @@ def _descendants(pid: int) -> list[tuple[int, int, str]]:
 def test_two_api_processes_each_serve_through_their_own_model_host(tmp_path):
     import httpx
 
-    from app.auth import new_key
-    from app.config import Settings
-    from app.migrate import upgrade
     from tests.conftest import REDIS_URL
     from tests.e2e.test_switch import red_png, train_two_versions
-    from tests.processes import bearer, free_port, python, start, stop, wait_http
+    from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http
 
-    db = f"sqlite:///{tmp_path / 'vt.db'}"
-    upgrade(db)
-    key, queue = new_key(), f"hosts-{os.getpid()}"
-    env = {
-        "VISIONTUNE_DATABASE_URL": db,
-        "VISIONTUNE_DATA_DIR": str(tmp_path / "data"),
-        "VISIONTUNE_BROKER_URL": f"{REDIS_URL}/0",
-        "VISIONTUNE_QUEUE": queue,
-        "VISIONTUNE_ADMIN_KEY": key,
-        "VISIONTUNE_RATE_LIMIT_PREDICT": "1000000/minute",
-        "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
-    }
-    settings = Settings(
-        database_url=db, data_dir=tmp_path / "data", broker_url=f"{REDIS_URL}/0", queue=queue, admin_key=key
-    )
+    local = local_api(tmp_path, f"hosts-{os.getpid()}", REDIS_URL)
+    env, settings, key = local.env, local.settings, local.key
     port, log = free_port(), tmp_path / "api.log"
     api = start(python("-m", "launcher.cli", "api", "--port", str(port), "--workers", "2"), env, log)
     base, auth = f"http://127.0.0.1:{port}", bearer(key)

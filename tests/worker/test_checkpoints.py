@@ -14,17 +14,10 @@ import torch
 from sqlalchemy import select, update
 
 from app import job_state
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import session_scope
 from app.job_state import LeaseLost
 from app.models import Checkpoint, Epoch, Job, utcnow
 from worker.checkpoints import CheckpointStore
-
-
-@pytest.fixture
-def factory(settings):
-    engine = make_engine(settings.resolved_database_url())
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def claimed_job(factory, settings) -> uuid.UUID:

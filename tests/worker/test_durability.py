@@ -13,11 +13,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from app import job_state
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import session_scope
 from app.job_state import LeaseLost
 from app.models import Checkpoint, Epoch, Job, utcnow
 from app.queue import redis_probe
-from tests.factories import tiny_job
+from tests.factories import only, tiny_job
 from worker import shutdown
 from worker.reaper import Reaper
 from worker.runner import JobRunner
@@ -43,22 +43,9 @@ class CrashAfter(JobRunner):
                 raise SimulatedCrash
 
 
-@pytest.fixture
-def factory(settings):
-    engine = make_engine(settings.resolved_database_url())
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
 def job_body(dataset_id: str, **overrides) -> dict:
     fields = {"augmentation": "basic", "epochs": 4, "batch_size": 8, "val_fraction": 0.25, "seed": 3}
     return tiny_job(dataset_id, **{**fields, **overrides})
-
-
-def only(job_id: uuid.UUID):
-    """Filters a reaper report to one job: on PostgreSQL the database is shared by the whole session, and
-    sweeps with a clock hours ahead also see other tests' jobs."""
-    return lambda ids: [i for i in ids if i == job_id]
 
 
 def submit(client, body: dict, **headers: str) -> uuid.UUID:

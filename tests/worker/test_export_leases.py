@@ -10,26 +10,14 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 
 import worker.exporter as exporter
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import session_scope
 from app.models import Export, ExportStatus, Job, JobStatus, utcnow
+from tests.factories import only
 from worker.exporter import claim_export, fenced_write, run_export
 from worker.reaper import Reaper
-
-
-@pytest.fixture
-def factory(settings):
-    engine = make_engine(settings.resolved_database_url())
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-def only(*ids: uuid.UUID):
-    """Filters a reaper report to these exports (on PostgreSQL the database is shared by the whole session)."""
-    return lambda found: [i for i in found if i in ids]
 
 
 def export_row(factory, **values) -> uuid.UUID:

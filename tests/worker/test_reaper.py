@@ -7,25 +7,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy import update
 
 from app import job_state
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import session_scope
 from app.models import Export, ExportStatus, Job, JobStatus, utcnow
+from tests.factories import only
 from worker.reaper import Reaper
-
-
-@pytest.fixture
-def factory(settings):
-    engine = make_engine(settings.resolved_database_url())
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-def only(*ids: uuid.UUID):
-    """A report's list filtered to these rows (the PostgreSQL database is shared by the whole test session)."""
-    return lambda found: [i for i in found if i in ids]
 
 
 def job(factory, **values) -> uuid.UUID:
