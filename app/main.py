@@ -142,9 +142,11 @@ def create_app(
             precision=settings.predict_precision,
             compile=settings.predict_compile,
         )
-        send_train, send_export = api_senders(settings)  # a Celery app; it connects on the first send
-        app.state.enqueue = enqueue or send_train
-        app.state.enqueue_export = enqueue_export or send_export
+        app.state.enqueue, app.state.enqueue_export = enqueue, enqueue_export
+        if enqueue is None or enqueue_export is None:  # a Celery app; it connects on the first send
+            send_train, send_export = api_senders(settings)
+            app.state.enqueue = enqueue or send_train
+            app.state.enqueue_export = enqueue_export or send_export
         app.state.secret = server_secret(settings)
         app.state.rate_limiter = RateLimiter(settings)
         if settings.admin_key:

@@ -23,8 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from app.ml.architectures.base import BuiltModel
 from app.ml.augment import CROP_RATIO, CROP_SCALE
-from app.ml.backbones import BuiltModel, build_model
+from app.ml.backbones import build_model
 from app.ml.data import stratified_split
 from app.schemas import JobCreate
 from benchmarks._bench_common import EpochTiming, RunResult, load_average, load_cifar

@@ -47,7 +47,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.ml.backbones import WeightsUnavailable, build_model  # noqa: E402
+from app.ml.architectures.base import WeightsUnavailable  # noqa: E402
+from app.ml.backbones import build_model  # noqa: E402
 from app.ml.engine import DeviceSetup, extract_features, train_head_epoch  # noqa: E402
 from app.ml.export import MAX_ACCURACY_DROP, MIN_AGREEMENT, OnnxClassifier, export_onnx, quantize_int8  # noqa: E402
 from app.ml.predictor import LoadedModel  # noqa: E402

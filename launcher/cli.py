@@ -7,16 +7,8 @@ import logging
 import os
 import sys
 
-import uvicorn
-
 from app import keys_cli
-from app.auth import check_auth_mode
 from app.config import get_settings
-from app.migrate import upgrade
-from launcher.embedded import run_embedded
-from launcher.supervise import supervise
-from worker.launch import reaper_command, run_worker_process, visible_gpus, worker_commands
-from worker.reaper import run_reaper
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    # Each command imports what it runs, so that `keys` or `migrate` do not load the server, the broker client
+    # or the workers (and uvicorn's worker processes, which import this module, carry none of it).
     if args.command == "keys":
         return keys_cli.run(settings, args)
     if args.command in ("run", "api"):
@@ -48,19 +42,34 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["VISIONTUNE_HOST"] = args.host  # API worker processes check auth=off against it too
         if args.port:
             settings.port = args.port
+        from app.auth import check_auth_mode
+
         check_auth_mode(settings)
     if args.command == "run":
+        from launcher.embedded import run_embedded
+
         return run_embedded(settings, args.redis_port)
     if args.command == "api":
+        import uvicorn
+
         uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=args.workers)
         return 0
     if args.command == "worker":
+        from launcher.supervise import supervise
+        from launcher.workers import reaper_command, visible_gpus, worker_commands
+
         return supervise([*worker_commands(visible_gpus()), reaper_command()])
     if args.command == "reaper":
+        from worker.reaper import run_reaper
+
         return run_reaper(settings)
     if args.command == "worker-process":
+        from worker.launch import run_worker_process
+
         run_worker_process(args.name)
         return 0
+    from app.migrate import upgrade
+
     upgrade(settings.resolved_database_url())
     return 0
 

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.keys_cli import ADMIN_KEY_FILE, first_admin_key
 from app.migrate import upgrade
 from launcher.supervise import Command, supervise, terminate_all
-from worker.launch import reaper_command, visible_gpus, worker_commands
+from launcher.workers import reaper_command, visible_gpus, worker_commands
 
 log = logging.getLogger("visiontune.embedded")
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import job_state
 from app.db import session_scope
 from app.ml.checkpoint import CheckpointError, load_training_state, save_checkpoint, save_training_state
+from app.ml.trainer import TrainingState
 from app.models import Checkpoint, Epoch, Job
 
 log = logging.getLogger("visiontune.checkpoints")
@@ -32,7 +33,6 @@ KEEP_LATEST = 2  # serving files (besides the best) and training states kept on 
 
 Weights = dict[str, torch.Tensor]
 Metadata = dict[str, Any]
-TrainingState = dict[str, Any]  # what app.ml's fit() hands out to be saved and takes back to resume
 
 
 @dataclass(frozen=True)
@@ -145,13 +145,11 @@ class CheckpointStore:
         resumed = int(state["epoch"]) if state is not None else 0
         if last_recorded is None and resumed == 0:
             return None
+        forgotten: list[str] = []  # their files, removed once the rows are gone (a failed commit keeps both)
         with session_scope(self.factory) as s:
             self._fence(s)
             later = select(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.epoch > resumed)
-            for ckpt in s.scalars(later):
-                for p in (ckpt.path, ckpt.state_path):
-                    if p:
-                        Path(p).unlink(missing_ok=True)
+            forgotten = [p for ckpt in s.scalars(later) for p in (ckpt.path, ckpt.state_path) if p]
             s.execute(delete(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.epoch > resumed))
             s.execute(delete(Epoch).where(Epoch.job_id == self.job_id, Epoch.epoch > resumed))
             s.execute(update(Checkpoint).where(Checkpoint.job_id == self.job_id).values(is_best=False))
@@ -162,6 +160,8 @@ class CheckpointStore:
                     .values(is_best=True)
                 )
             self._fence(s, last_epoch=resumed or None, last_step=state["step"] if state is not None else None)
+        for p in forgotten:
+            Path(p).unlink(missing_ok=True)
         if state is None:
             log.warning("job %s: no usable training state; starting again from epoch 1", self.job_id)
         else:

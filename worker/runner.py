@@ -27,11 +27,12 @@ from app import job_state
 from app.config import Settings, get_settings
 from app.db import after_commit, make_engine, make_sessionmaker, session_scope
 from app.job_state import LeaseLost
-from app.ml.backbones import BuiltModel
+from app.ml.architectures.base import BuiltModel
+from app.ml.config import TrainConfig
 from app.ml.data import load_splits
 from app.ml.engine import DeviceSetup, TrainingStopped
 from app.ml.strategies import export_state_dict
-from app.ml.trainer import EpochReport, FitResult, TrainConfig, TrainingState, fit
+from app.ml.trainer import EpochReport, FitResult, TrainingState, fit
 from app.models import Dataset, Epoch, Job, JobStatus
 from app.schemas import training_config
 from app.services.exports import queue_exports

@@ -8,33 +8,8 @@ from pathlib import Path
 import torch
 
 from app.ml.architectures import ARCHITECTURES
-from app.ml.architectures.base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ArchitectureError,
-    BuiltModel,
-    Preprocessing,
-    WeightsUnavailable,
-)
+from app.ml.architectures.base import BuiltModel
 from app.ml.architectures.weights import load_weights_file
-
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "ArchitectureError",
-    "BuiltModel",
-    "Preprocessing",
-    "WeightsUnavailable",
-    "build_model",
-    "count_stages",
-    "known_architecture",
-    "load_weights_file",
-]
-
-
-def known_architecture(arch: str) -> bool:
-    """Whether arch names a model this service can build (timm names are checked against timm)."""
-    return arch in ARCHITECTURES
 
 
 def count_stages(arch: str) -> int:

@@ -121,6 +121,8 @@ class TrainConfig(TrainingOptions):
 
     weights: str = "imagenet"
     lr_decay: LrDecay
+    # Requests before the API capped it (2026-12-01) could ask for any positive norm: a stored job keeps its value.
+    grad_clip: StrictFloat | None = Field(default=None, gt=0, description="max gradient norm")
 
     @model_validator(mode="before")
     @classmethod

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from app.ml.backbones import Preprocessing
+from app.ml.architectures.base import Preprocessing
 from app.ml.metrics import MetricAccumulator
 from app.ml.transforms import normalize_batch
 

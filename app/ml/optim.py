@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.ml.backbones import BuiltModel
+from app.ml.architectures.base import BuiltModel
 from app.ml.config import Schedule, TrainConfig
 
 SCHEDULES: tuple[str, ...] = get_args(Schedule)

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
-from app.ml.backbones import Preprocessing, build_model
+from app.ml.architectures.base import Preprocessing
+from app.ml.backbones import build_model
 from app.ml.checkpoint import load_checkpoint
 from app.ml.transforms import eval_transform, image_to_tensor, normalize_batch
 

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from app.errors import ServiceUnavailable
-from app.ml.backbones import Preprocessing
+from app.ml.architectures.base import Preprocessing
 from app.ml.checkpoint import CheckpointError
 from app.ml.transforms import eval_transform, image_to_tensor
 from app.serving.predictor import Predictor

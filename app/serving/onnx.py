@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from app.ml.backbones import Preprocessing
+from app.ml.architectures.base import Preprocessing
 from app.ml.checkpoint import CheckpointError, file_sha256
 from app.ml.export import OnnxClassifier
 from app.ml.transforms import eval_transform, image_to_tensor, normalize_batch

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from app.ml.backbones import Preprocessing
+from app.ml.architectures.base import Preprocessing
 from app.ml.predictor import LoadedModel
 from app.ml.transforms import normalize_batch
 

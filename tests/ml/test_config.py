@@ -150,6 +150,10 @@ def test_rows_written_by_earlier_releases_still_load():
     later = {k: v for k, v in stored(strategy="lora").items() if k not in ("probe_epochs", "compile", "baseline")}
     del later["exports"], later["max_attempts"]
     assert training_config(later).as_dict() == training_config(stored(strategy="lora")).as_dict()
+    # Before the API capped grad_clip at 1e6 (2026-12-01) a request could name a larger norm: the job keeps it.
+    assert training_config({**first, "grad_clip": 5e6}).grad_clip == 5e6
+    with pytest.raises(ValidationError):
+        JobCreate.model_validate({**stored(), "grad_clip": 5e6})
 
 
 def test_the_config_and_the_api_contract_load_without_torch():

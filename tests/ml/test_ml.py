@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from app.ml.architectures import ARCHITECTURES
+from app.ml.architectures.base import ArchitectureError
 from app.ml.augment import train_transform
-from app.ml.backbones import ArchitectureError, build_model, count_stages, known_architecture
+from app.ml.backbones import build_model, count_stages
 from app.ml.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from app.ml.config import TrainConfig
 from app.ml.data import SampleSet, read_cifar_batch, read_cifar_meta, stratified_split
@@ -38,13 +40,13 @@ from tests.factories import CIFAR_DIR
     ],
 )
 def test_stage_maps(arch, stages):
-    assert known_architecture(arch)
+    assert arch in ARCHITECTURES
     assert count_stages(arch) == stages
 
 
 def test_unknown_architectures():
-    assert not known_architecture("resnet9000")
-    assert not known_architecture("timm/definitely_not_a_model")
+    assert "resnet9000" not in ARCHITECTURES
+    assert "timm/definitely_not_a_model" not in ARCHITECTURES
     with pytest.raises(ArchitectureError):
         build_model("resnet9000", 3, "none")
 
@@ -252,7 +254,7 @@ def test_offline_imagenet_download_is_a_clear_error(monkeypatch):
 
     import torchvision.models._api as tv_api
 
-    from app.ml.backbones import WeightsUnavailable
+    from app.ml.architectures.base import WeightsUnavailable
 
     def offline(*_args, **_kwargs):
         raise urllib.error.URLError("no network")

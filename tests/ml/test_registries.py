@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from app.ml.architectures import ARCHITECTURES, Architecture, ArchitectureError
-from app.ml.backbones import BuiltModel, Preprocessing, build_model, count_stages
+from app.ml.architectures.base import BuiltModel, Preprocessing
+from app.ml.backbones import build_model, count_stages
 from app.ml.registry import Registry
 from app.ml.strategies import STRATEGIES, StrategyError, apply_strategy, export_state_dict
 from app.schemas import JobCreate

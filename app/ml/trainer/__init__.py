@@ -1,4 +1,5 @@
-"""Training: fit() runs a whole fine-tuning job, from a TrainConfig and data splits to the best weights and metrics.
+"""Training: fit() runs a whole fine-tuning job, from a TrainConfig (app/ml/config.py) and data splits to the
+best weights and metrics.
 
 fitting.py   fit(): prepare the run, then the cached-features path (linear) or the fine-tuning path
 context.py   TrainContext: what every part of a run reads
@@ -10,7 +11,6 @@ baseline.py  linear probes on cached features: the model before fine-tuning, LP-
 hooks.py     what fit() reports and asks its caller
 """
 
-from app.ml.config import TrainConfig
 from app.ml.trainer.fitting import fit
 from app.ml.trainer.hooks import BaseHooks, EpochReport, FitResult, TrainingHooks, TrainingState
 from app.ml.trainer.loaders import batches, make_loader
@@ -19,7 +19,6 @@ __all__ = [
     "BaseHooks",
     "EpochReport",
     "FitResult",
-    "TrainConfig",
     "TrainingHooks",
     "TrainingState",
     "batches",

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.ml.backbones import BuiltModel
+from app.ml.architectures.base import BuiltModel
 from app.ml.config import TrainConfig
 from app.ml.data import SampleSet
 from app.ml.engine import DeviceSetup, evaluate_head, extract_features, train_head_epoch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.ml.backbones import BuiltModel
+from app.ml.architectures.base import BuiltModel
 from app.ml.config import TrainConfig
 from app.ml.engine import DeviceSetup
 from app.ml.strategies import Strategy

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.ml.backbones import BuiltModel
+from app.ml.architectures.base import BuiltModel
 from app.ml.engine import EpochStats
 
 # The resumable state of a run at the end of an epoch: weights, optimizer, schedule, best so far, random streams.

@@ -1,11 +1,11 @@
-"""The worker launcher pins one process per GPU and never initialises CUDA itself."""
+"""The launcher pins one worker process per GPU and never initialises CUDA itself."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from worker.launch import visible_gpus, worker_commands
+from launcher.workers import visible_gpus, worker_commands
 
 
 def test_one_worker_per_gpu_pinned(monkeypatch):
@@ -34,7 +34,8 @@ def test_one_cpu_worker_without_gpus(monkeypatch):
 
 def test_the_launcher_does_not_import_torch_and_nothing_initialises_cuda_at_import():
     code = (
-        "import sys, launcher.cli, worker.launch, worker.tasks, worker.reaper; print('torch' in sys.modules); "
+        "import sys, launcher.cli, launcher.embedded, launcher.workers, worker.launch, worker.tasks, worker.reaper; "
+        "print('torch' in sys.modules); "
         "import app.main, worker.runner, torch; print(torch.cuda.is_initialized())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
