@@ -132,6 +132,17 @@ class Settings(BaseSettings):
     rate_limit_storage_url: str | None = Field(
         default=None, description="Where rate-limit counters live (limits URL); the broker's Redis if unset"
     )
+    # ---- live job events (app/events.py, GET /jobs/{id}/events)
+    events_url: str | None = Field(
+        default=None, description="Redis holding the jobs' event streams; the broker's Redis if unset"
+    )
+    events_max_len: int = Field(default=10_000, ge=100, description="Most events kept per job (approximate)")
+    events_ttl_seconds: float = Field(
+        default=7 * 86400, gt=0, description="How long a job's events are kept after its last one"
+    )
+    events_progress_interval_seconds: float = Field(
+        default=1.0, ge=0, description="Least time between two progress events of one job"
+    )
     torch_threads: int | None = Field(default=None, description="Intra-op threads for training/serving")
     host: str = "127.0.0.1"
     port: int = 8000

@@ -21,7 +21,8 @@ through one decision: `retry_or_give_up` (back to the queue after a backoff, fai
 are spent, canceled if a cancel was asked for meanwhile).
 
 The functions take the caller's session and never commit: the API's request and the worker's `session_scope`
-own the unit of work. No torch here, nothing of the workers: the reaper and the API load it too.
+own the unit of work. Each status change is published as a `status` event (app.events) once that unit commits.
+No torch here, nothing of the workers: the reaper and the API load it too.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, select, update
 from sqlalchemy.orm import Session
 
+from app import events
 from app.config import Settings
-from app.db import updated_rows
+from app.db import after_commit, updated_rows
 from app.models import Job, JobStatus, utcnow
 
 CANCELED_BY_REQUEST = "canceled by request"
@@ -62,6 +64,7 @@ def submit(session: Session, job: Job, *, sent: bool = True) -> Job:
     job.enqueued_at = utcnow() if sent else None
     session.add(job)
     session.flush()
+    _announce(session, job.id, JobStatus.queued, attempt=0)
     return job
 
 
@@ -78,6 +81,7 @@ def cancel(session: Session, job_id: uuid.UUID) -> bool:
         .values(status=JobStatus.canceled, cancel_requested=True, finished_at=utcnow(), error=CANCELED_BY_REQUEST),
     )
     if canceled:
+        _announce(session, job_id, JobStatus.canceled, CANCELED_BY_REQUEST)
         return True
     updated_rows(
         session, update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
@@ -119,7 +123,9 @@ def claim(
     )
     if not claimed:
         return None
-    return session.scalar(select(Job.attempt).where(Job.id == job_id))
+    attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
+    _announce(session, job_id, JobStatus.running, attempt=attempt)
+    return attempt
 
 
 def fenced_write(session: Session, job_id: uuid.UUID, attempt: int, lease_seconds: float, **values: Any) -> None:
@@ -136,16 +142,19 @@ def succeed(session: Session, job_id: uuid.UUID, attempt: int, **results: Any) -
     """running -> succeeded, with the results (best epoch, metrics); LeaseLost if this attempt lost the job."""
     values = {**results, "status": JobStatus.succeeded, "error": None}  # an earlier lost attempt's message
     _fenced(session, job_id, attempt, _finished(values))
+    _announce(session, job_id, JobStatus.succeeded, attempt=attempt)
 
 
 def fail(session: Session, job_id: uuid.UUID, attempt: int, error: str) -> None:
     """running -> failed for good (an error another attempt would hit again); LeaseLost if not ours."""
     _fenced(session, job_id, attempt, _finished({"status": JobStatus.failed, "error": error[:MAX_ERROR]}))
+    _announce(session, job_id, JobStatus.failed, error[:MAX_ERROR], attempt)
 
 
 def confirm_cancel(session: Session, job_id: uuid.UUID, attempt: int) -> None:
     """running -> canceled: the worker stopped because a cancel was asked for; LeaseLost if not ours."""
     _fenced(session, job_id, attempt, _finished({"status": JobStatus.canceled, "error": CANCELED_BY_REQUEST}))
+    _announce(session, job_id, JobStatus.canceled, CANCELED_BY_REQUEST, attempt)
 
 
 def release(session: Session, job_id: uuid.UUID, attempt: int, *, sent: bool) -> JobStatus:
@@ -157,6 +166,7 @@ def release(session: Session, job_id: uuid.UUID, attempt: int, *, sent: bool) ->
     now = utcnow()
     values = {"status": JobStatus.queued, "lease_owner": None, "lease_expires_at": None}
     _fenced(session, job_id, attempt, {**values, "enqueued_at": now if sent else None}, now)
+    _announce(session, job_id, JobStatus.queued, attempt=attempt)
     return JobStatus.queued
 
 
@@ -204,6 +214,7 @@ def retry_or_give_up(
     # Also conditional on the failures read above: two reapers sweeping at once count the attempt once.
     if not updated_rows(session, update(Job).where(*where, Job.failures == seen).values(**values)):
         raise LeaseLost(f"job {job_id} attempt {attempt} no longer holds the job")
+    _announce(session, job_id, JobStatus(values["status"]), values.get("error"), attempt)
     return JobStatus(values["status"])
 
 
@@ -259,6 +270,13 @@ def cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _announce(
+    session: Session, job_id: uuid.UUID, status: JobStatus, error: str | None = None, attempt: int | None = None
+) -> None:
+    """Publish the new status once the transaction that wrote it commits (never if it rolls back)."""
+    after_commit(session, lambda: events.publish_status(job_id, status.value, error, attempt))
 
 
 def _finished(values: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import export_state, job_state
+from app import events, export_state, job_state
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.models import utcnow
@@ -183,7 +183,9 @@ class Reaper:
 
 
 def make_reaper(settings: Settings) -> Reaper:
-    """A reaper on the configured database and broker (sending with a Celery app of its own)."""
+    """A reaper on the configured database and broker (sending with a Celery app of its own); the jobs it
+    requeues or fails are published as status events."""
+    events.configure(settings)
     celery = make_celery(settings)
     return Reaper(
         settings,

@@ -23,7 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import job_state
+from app import events, job_state
 from app.config import Settings, get_settings
 from app.db import after_commit, make_engine, make_sessionmaker, session_scope
 from app.job_state import LeaseLost
@@ -40,6 +40,7 @@ from app.services.registry import register_version
 from worker import shutdown
 from worker.checkpoints import CheckpointStore
 from worker.lease import LeaseKeeper, with_db_retry
+from worker.progress import EpochPace, epoch_event
 
 log = logging.getLogger("visiontune.runner")
 
@@ -70,13 +71,36 @@ class RunnerHooks:
     resume: TrainingState | None = None
     baseline: dict[str, Any] | None = None
     built: BuiltModel | None = field(default=None, repr=False)
+    pace: EpochPace = field(default_factory=EpochPace)
 
     def should_stop(self) -> bool:
         return self.keeper.should_stop()
 
+    def on_progress(
+        self, epoch: int, epochs: int, step: int, steps: int, images: int, loss: Callable[[], float]
+    ) -> None:
+        """A progress event, at most one per events_progress_interval_seconds (the loss is read only then)."""
+        self.pace.step(epoch, step, images)
+        publisher = events.publisher()
+        if publisher is None or not publisher.progress_due(self.job.id):
+            return
+        rate, images_per_second = self.pace.rates()
+        data = {
+            "epoch": epoch,
+            "epochs": epochs,
+            "step": step,
+            "steps": steps,
+            "loss": loss(),
+            "images_per_second": images_per_second,
+            "eta_seconds": self.pace.eta(epoch, epochs, step, steps, rate),
+        }
+        publisher.publish(self.job.id, "progress", data)
+
     def on_epoch(self, report: EpochReport, built: BuiltModel, state: Callable[[], TrainingState]) -> None:
         self.built = built
         self.runner.record_epoch(self, report, built, state())
+        self.pace.epoch_seconds.append(report.seconds)
+        events.publish(self.job.id, "epoch", epoch_event(report))
 
     def resume_state(self) -> TrainingState | None:
         return self.resume
@@ -336,6 +360,7 @@ def get_runner(enqueue: Callable[[uuid.UUID], None] | None = None) -> JobRunner:
     global _runner
     if _runner is None:
         settings = get_settings()
+        events.configure(settings)
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         _runner = JobRunner(settings, make_sessionmaker(make_engine(settings.resolved_database_url())), enqueue=enqueue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -69,6 +70,11 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+# Called after each training step with (step, steps, images seen, the running mean loss as a zero-arg read):
+# reading the loss waits for the device, so a listener calls it only when it reports.
+StepCallback = Callable[[int, int, int, Callable[[], float]], None]
+
+
 class RunningStats:
     """Loss and correct predictions summed on the device and read once per epoch: reading them every step
     (float(loss), int(...)) would make each CUDA step wait until the GPU has finished the previous one."""
@@ -84,6 +90,10 @@ class RunningStats:
         self.loss_sum += loss.detach().float() * n
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.seen += n
+
+    def mean_loss(self) -> float:
+        """The mean loss so far (waits for the device's queued work: call it rarely)."""
+        return float(self.loss_sum) / max(self.seen, 1)
 
     def finish(self) -> EpochStats:
         """The epoch's stats; waits for the device's queued work, so the seconds include it."""
@@ -125,6 +135,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
     mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    on_step: StepCallback | None = None,
 ) -> EpochStats:
     """One pass over loader; raises TrainingStopped as soon as should_stop() turns true.
 
@@ -132,7 +143,8 @@ def train_one_epoch(
     """
     set_train_mode(model)
     running = RunningStats(setup.device)
-    for images, targets in loader:
+    steps = len(loader)
+    for step, (images, targets) in enumerate(loader, 1):
         if should_stop():
             raise TrainingStopped
         x = _prepare(images, setup, prep)
@@ -159,6 +171,8 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         running.add(loss, logits, y)
+        if on_step is not None:
+            on_step(step, steps, running.seen, running.mean_loss)
     return running.finish()
 
 
@@ -239,11 +253,13 @@ def train_head_epoch(
     batch_size: int,
     generator: torch.Generator,
     should_stop: Callable[[], bool] = lambda: False,
+    on_step: StepCallback | None = None,
 ) -> EpochStats:
     """One epoch of the head alone on cached backbone features."""
     head.train()
     running = RunningStats(features.device)
-    for x, y in feature_batches(features, labels, batch_size, generator):
+    steps = math.ceil(len(labels) / batch_size)
+    for step, (x, y) in enumerate(feature_batches(features, labels, batch_size, generator), 1):
         if should_stop():
             raise TrainingStopped
         logits = head(x)
@@ -254,6 +270,8 @@ def train_head_epoch(
         if scheduler is not None:
             scheduler.step()
         running.add(loss, logits, y)
+        if on_step is not None:
+            on_step(step, steps, running.seen, running.mean_loss)
     return running.finish()
 
 

@@ -301,3 +301,36 @@ def test_small_image_folders_are_decoded_once(tmp_path):
     assert cached.image(3).shape == (3, 20, 40) and int(cached.image(3)[0, 0, 0]) == 150
     assert cached.subset([1]).decoded[0].shape == (20, 40, 3)
     assert samples.decode_all(max_side=20, budget_bytes=100).decoded is None  # over budget: files stay files
+
+
+class ProgressHooks(Hooks):
+    """Reads the running loss at every step: the most a progress listener can do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress: list[tuple[int, int, int, int, int, float]] = []
+
+    def on_progress(self, epoch, epochs, step, steps, images, loss) -> None:
+        self.progress.append((epoch, epochs, step, steps, images, loss()))
+
+
+@pytest.mark.parametrize(("arch", "strategy"), [("resnet18", "full"), ("efficientnet_lite0", "linear")])
+def test_progress_reports_every_step_and_changes_no_number(arch, strategy):
+    samples = tiny_samples(20, classes=2)
+    weights = {"weights": "none"} if arch == "resnet18" else {}
+    cfg = TrainConfig(
+        arch=arch, strategy=strategy, epochs=2, batch_size=8, image_size=32, learning_rate=0.01, seed=3, **weights
+    )
+    splits = {"train": samples, "test": samples}
+    quiet, loud = Hooks(), ProgressHooks()
+    first = fit(cfg, ["a", "b"], splits, quiet, DeviceSetup.for_device("cpu"))
+    second = fit(cfg, ["a", "b"], splits, loud, DeviceSetup.for_device("cpu"))
+    assert [(r.train.loss, r.val_loss, r.val_accuracy) for r in quiet.reports] == [
+        (r.train.loss, r.val_loss, r.val_accuracy) for r in loud.reports
+    ]
+    assert first.test_metrics == second.test_metrics
+    steps = loud.progress[0][3]
+    assert [(e, s) for e, _, s, *_ in loud.progress] == [(e, s) for e in (1, 2) for s in range(1, steps + 1)]
+    for epoch, report in zip((1, 2), loud.reports, strict=True):
+        last = [p for p in loud.progress if p[0] == epoch][-1]
+        assert last[4] == report.train.images and last[5] == pytest.approx(report.train.loss)

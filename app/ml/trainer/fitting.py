@@ -91,8 +91,17 @@ def fit_on_features(ctx: TrainContext) -> FitResult:
     progress = run_epochs(
         ctx,
         Trainable(head, optimizer, scheduler, generators={"head": generator}),
-        lambda: train_head_epoch(
-            head, train_x, train_y, optimizer, scheduler, loss_fn, cfg.batch_size, generator, hooks.should_stop
+        lambda on_step: train_head_epoch(
+            head,
+            train_x,
+            train_y,
+            optimizer,
+            scheduler,
+            loss_fn,
+            cfg.batch_size,
+            generator,
+            hooks.should_stop,
+            on_step,
         ),
         lambda: evaluate_head(head, val_f[0], val_f[1], n) if val_f is not None else None,
         # The feature pass is the real work of a linear probe: its time is counted in the first epoch.
@@ -136,7 +145,7 @@ def fine_tune(ctx: TrainContext) -> FitResult:
     progress = run_epochs(
         ctx,
         Trainable(model, optimizer, scheduler, scaler, {"mixer": mixer.generator, **loader_generators(train_batches)}),
-        lambda: train_one_epoch(
+        lambda on_step: train_one_epoch(
             runner,
             train_batches,
             optimizer,
@@ -148,6 +157,7 @@ def fine_tune(ctx: TrainContext) -> FitResult:
             scaler,
             cfg.grad_clip,
             mixer if mixer.active else None,
+            on_step,
         ),
         lambda: evaluate(runner, val_batches, setup, prep, n, hooks.should_stop) if val_batches else None,
         flops_per_image=ctx.flops_per_image,

@@ -41,6 +41,12 @@ class FitResult:
 class TrainingHooks(Protocol):
     def should_stop(self) -> bool: ...
 
+    def on_progress(
+        self, epoch: int, epochs: int, step: int, steps: int, images: int, loss: Callable[[], float]
+    ) -> None:
+        """A training step of epoch (of epochs) ended: step of steps, images seen this epoch; loss() reads the
+        epoch's running mean loss (it waits for the device: call it only when reporting)."""
+
     def on_epoch(self, report: EpochReport, built: BuiltModel, state: Callable[[], TrainingState]) -> None:
         """An epoch ended; state() builds the resumable training state (call it to checkpoint)."""
 
@@ -59,6 +65,11 @@ class BaseHooks:
 
     def should_stop(self) -> bool:
         return False
+
+    def on_progress(
+        self, epoch: int, epochs: int, step: int, steps: int, images: int, loss: Callable[[], float]
+    ) -> None:
+        return None
 
     def on_epoch(self, report: EpochReport, built: BuiltModel, state: Callable[[], TrainingState]) -> None:
         return None

@@ -6,7 +6,7 @@ import functools
 import time
 from collections.abc import Callable
 
-from app.ml.engine import EpochStats
+from app.ml.engine import EpochStats, StepCallback
 from app.ml.metrics import MetricAccumulator
 from app.ml.optim import EarlyStopping
 from app.ml.trainer.context import TrainContext
@@ -17,7 +17,7 @@ from app.ml.trainer.resume import Progress, Trainable, restore_training_state, s
 def run_epochs(
     ctx: TrainContext,
     trainable: Trainable,
-    train_epoch: Callable[[], EpochStats],
+    train_epoch: Callable[[StepCallback], EpochStats],
     validate: Callable[[], MetricAccumulator | None],
     *,
     flops_per_image: float | None = None,
@@ -28,7 +28,8 @@ def run_epochs(
     with a way to checkpoint it. The best epoch's weights are loaded back into the module at the end.
 
     flops_per_image and the device's peak rate give each epoch's achieved TFLOP/s and MFU; extra_seconds(epoch)
-    adds work done outside train_epoch to that epoch's time.
+    adds work done outside train_epoch to that epoch's time. train_epoch gets the callback its steps report
+    to (the hooks' on_progress, with the epoch filled in).
     """
     cfg, hooks = ctx.cfg, ctx.hooks
     progress = Progress(
@@ -44,7 +45,7 @@ def run_epochs(
             break
         lr = max(group["lr"] for group in trainable.optimizer.param_groups)
         start = time.perf_counter()
-        stats = train_epoch()
+        stats = train_epoch(functools.partial(hooks.on_progress, epoch, cfg.epochs))
         val = validate()
         seconds = time.perf_counter() - start + extra_seconds(epoch)
         stats = EpochStats(stats.loss, stats.accuracy, stats.images, seconds)
