@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import events
 from app.api import audit, datasets, exports, health, jobs, keys, predict, registry
 from app.api.middleware import install_middleware
 from app.api.ratelimit import RateLimiter
@@ -149,6 +150,9 @@ def create_app(
             app.state.enqueue_export = enqueue_export or send_export
         app.state.secret = server_secret(settings)
         app.state.rate_limiter = RateLimiter(settings)
+        events.configure(settings)  # the statuses this process changes (submit, cancel) are published
+        events_url = events.events_url(settings)
+        app.state.events_reader = events.Reader.from_url(events_url) if events_url else None
         if settings.admin_key:
             bootstrap_admin_key(app.state.sessionmaker, app.state.secret, settings.admin_key)
         if settings.torch_threads:
@@ -162,6 +166,8 @@ def create_app(
             app.state.batcher.close()
             if host is not None:
                 host.close()
+            if app.state.events_reader is not None:
+                await app.state.events_reader.close()
             engine.dispose()
 
     app = FastAPI(

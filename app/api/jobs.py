@@ -1,4 +1,4 @@
-"""POST/GET/DELETE /jobs, cancel, metrics and plots (the caller's project only)."""
+"""POST/GET/DELETE /jobs, cancel, live events, metrics and plots (the caller's project only)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse
 
 from app.api.deps import ReadCaller, SessionDep, SettingsDep, TrainCaller
 from app.api.docs import errors
 from app.db import after_commit
 from app.models import Job
 from app.schemas import MAX_OFFSET, CheckpointOut, EpochOut, JobCreate, JobDetail, JobMetrics, JobSummary, Page
+from app.services import job_events
 from app.services import jobs as service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -98,6 +102,33 @@ def delete_job(
 def cancel_job(job_id: uuid.UUID, caller: TrainCaller, session: SessionDep) -> JobDetail:
     """Cancel a queued job now, or stop a running one within a batch."""
     return to_detail(session, service.cancel_job(session, caller, job_id))
+
+
+SSE = {
+    "content": {"text/event-stream": {}},
+    "description": "Server-Sent Events, each with an id (give the last one as Last-Event-ID to resume): `status` "
+    "(status, error, attempt), `progress` (epoch, epochs, step, steps, loss, images_per_second, eta_seconds; about "
+    "once a second while training) and `epoch` (the epoch's metrics). The stream closes after a terminal status.",
+}
+
+
+# Not response_class=EventSourceResponse: FastAPI would take the route for a generator of events; this one checks
+# the job and Redis first (404 and 503 as JSON), then returns the stream.
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses={200: SSE, **errors(404, 503)})
+async def job_events_stream(
+    job_id: uuid.UUID,
+    caller: ReadCaller,
+    session: SessionDep,
+    request: Request,
+    last_event_id: Annotated[
+        str | None,
+        Header(pattern=r"^\d{1,20}-\d{1,20}$", description="Resume after this event id (what the last event had)"),
+    ] = None,
+) -> EventSourceResponse:
+    """The job's events from the start (or after Last-Event-ID), then live ones until it finishes."""
+    snapshot = await run_in_threadpool(job_events.job_snapshot, session, caller.project, job_id)
+    body = await job_events.open_events(request.app.state.events_reader, snapshot, last_event_id)
+    return EventSourceResponse(body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, responses=errors(404))

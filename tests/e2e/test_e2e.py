@@ -11,6 +11,7 @@ from app.auth import new_key
 from tests.conftest import REDIS_URL
 from tests.factories import cifar_imagefolder_zip
 from tests.processes import bearer, free_port, python, start, stop, wait_http, wait_job
+from tests.sse import sse_events
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +49,14 @@ def check_service(base: str, tmp_path, logs, key: str) -> None:
     assert done["status"] == "succeeded", done["error"]
     assert [e["epoch"] for e in done["epochs"]] == [1, 2, 3]
     assert done["best_checkpoint"] is not None and done["model_version"] == 1
+    # Live events (published by the real worker and API through their Redis): the finished job's stream replays
+    # its history and closes.
+    with httpx.stream("GET", f"{base}/jobs/{job_id}/events", headers=auth, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        replay = list(sse_events(r.iter_lines()))
+    assert [e.data["status"] for e in replay if e.event == "status"] == ["queued", "running", "succeeded"]
+    assert [e.data["epoch"] for e in replay if e.event == "epoch"] == [1, 2, 3]
+    assert all(e.id for e in replay) and any(e.event == "progress" for e in replay)
 
     heldout = data["heldout"]
     files = [("files", (f"{i}.png", img, "image/png")) for i, (img, _) in enumerate(heldout)]
