@@ -36,6 +36,7 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/jobs/{job_id}/metrics"): "read",
     ("GET", "/jobs/{job_id}/confusion.png"): "read",
     ("GET", "/jobs/{job_id}/curves.png"): "read",
+    ("GET", "/jobs/{job_id}/events"): "read",
     ("GET", "/models"): "read",
     ("GET", "/models/{name}"): "read",
     ("POST", "/models/{name}/versions/{version}/promote"): "train",
