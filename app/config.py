@@ -155,6 +155,11 @@ class Settings(BaseSettings):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def broker_redis_url(self) -> str | None:
+        """The broker's URL when the broker is Redis (rate limits and live events live there unless told
+        otherwise; the reaper can ask it which tasks it holds), else None."""
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://", "redis+unix://")) else None
+
     def resolved_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under data_dir."""
         if self.database_url:

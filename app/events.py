@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
+from app.models import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     import redis
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("visiontune.events")
 
 STREAM_PREFIX = "visiontune:events:job:"
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+TERMINAL = frozenset(str(s) for s in TERMINAL_STATUSES)
 EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 SOCKET_TIMEOUT = 2.0  # seconds a publish may wait on Redis before it is given up (training goes on)
 ERROR_LOG_INTERVAL = 60.0
@@ -47,11 +48,7 @@ def stream_key(job_id: uuid.UUID | str) -> str:
 
 def events_url(settings: Settings) -> str | None:
     """Where the streams live: events_url, else the broker's Redis; None when neither is Redis."""
-    if settings.events_url:
-        return settings.events_url
-    if settings.broker_url.startswith(("redis://", "rediss://", "redis+unix://")):
-        return settings.broker_url
-    return None
+    return settings.events_url or settings.broker_redis_url()
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,8 @@ UNACKED = "unacked"  # kombu: hash of delivery tag -> [message, exchange, routin
 
 def broker_probe(settings: Settings) -> BrokerProbe | None:
     """The probe for the configured broker, or None where it cannot be asked (only Redis can)."""
-    if not settings.broker_url.startswith("redis"):
-        return None
-    return redis_probe(settings.broker_url, settings.queue, settings.requeue_grace_seconds)
+    url = settings.broker_redis_url()
+    return redis_probe(url, settings.queue, settings.requeue_grace_seconds) if url else None
 
 
 def redis_probe(broker_url: str, queue: str, delivered_within: float) -> BrokerProbe:

@@ -54,5 +54,5 @@ def epoch_event(report: EpochReport) -> dict[str, Any]:
         "val_accuracy": report.val_accuracy,
         "learning_rate": report.learning_rate,
         "seconds": report.seconds,
-        "images_per_second": report.train.images / max(report.seconds, 1e-9),
+        "images_per_second": report.train.images_per_second,
     }

@@ -231,7 +231,7 @@ class JobRunner:
                         val_accuracy=report.val_accuracy,
                         learning_rate=report.learning_rate,
                         seconds=report.seconds,
-                        images_per_second=report.train.images / max(report.seconds, 1e-9),
+                        images_per_second=report.train.images_per_second,
                         tflops=report.tflops,
                         mfu=report.mfu,
                     )

@@ -26,9 +26,7 @@ class RateLimiter:
     """Moving-window limits: `rate_limit_predict` for /predict, `rate_limit_write` for other writes, per key."""
 
     def __init__(self, settings: Settings) -> None:
-        url = settings.rate_limit_storage_url
-        if url is None and settings.broker_url.startswith(("redis://", "rediss://", "redis+unix://")):
-            url = settings.broker_url
+        url = settings.rate_limit_storage_url or settings.broker_redis_url()
         if url is None:  # e.g. a RabbitMQ broker and no Redis named for the counters
             log.warning("rate limits are counted per API process: set VISIONTUNE_RATE_LIMIT_STORAGE_URL to Redis")
             url = "memory://"
