@@ -24,9 +24,9 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check app worker launcher migrations tests benchmarks
+	$(BIN)/ruff check app worker launcher visiontune migrations tests benchmarks
 	$(BIN)/lint-imports
-	$(BIN)/mypy app worker launcher
+	$(BIN)/mypy app worker launcher visiontune
 
 bench: install
 	$(BIN)/python benchmarks/finetune_cifar.py

@@ -1,5 +1,6 @@
 """The code's shape, checked like its behaviour: the import contracts in pyproject.toml ([tool.importlinter]:
-launchers above workers above app, app.ml free of web/SQL/queue code, no cycles) and mypy with no errors."""
+launchers above workers above app, app.ml free of web/SQL/queue code, the client on the HTTP API only, no
+cycles) and mypy with no errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ["app", "worker", "launcher"]
+PACKAGES = ["app", "worker", "launcher", "visiontune"]
 
 
 def run(*argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
