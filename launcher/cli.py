@@ -1,4 +1,5 @@
-"""The `visiontune` command: run (embedded), api, worker, reaper, migrate, keys."""
+"""The `visiontune` command: the server's (run (embedded), api, worker, reaper, migrate, keys) and, handed to
+visiontune.cli, the client's (login, logout, datasets, jobs, models, predict)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,27 @@ import logging
 import os
 import sys
 
-from app import keys_cli
-from app.config import get_settings
+# The client's commands (visiontune.cli), listed in --help beside the server's.
+CLIENT_COMMANDS = {
+    "login": "(client) check an API key against a server and keep the URL and key",
+    "logout": "(client) forget the saved URL and key",
+    "datasets": "(client) upload, list, show, delete datasets",
+    "jobs": "(client) submit, follow, list, show, cancel jobs; their live events",
+    "models": "(client) list, show, promote, unpin, alias, rollback models",
+    "predict": "(client) classify images with a served model",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in CLIENT_COMMANDS:
+        # The client (Typer) talks to a server over HTTP: none of the server's modules are loaded for it.
+        from visiontune.cli import main as client_main
+
+        return client_main(argv)
+    from app import keys_cli
+    from app.config import get_settings
+
     parser = argparse.ArgumentParser(prog="visiontune", description="Fine-tune and serve image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="everything on this machine: SQLite, embedded Redis, a worker, the API")
@@ -28,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reaper", help="requeue jobs of dead workers and re-send tasks the broker lost (loop)")
     sub.add_parser("migrate", help="alembic upgrade head on the configured database")
     keys_cli.add_parser(sub)
+    for name, text in CLIENT_COMMANDS.items():  # for --help only: `visiontune NAME --help` is the client's help
+        sub.add_parser(name, help=text, add_help=False)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,99 @@
+"""`visiontune datasets upload|list|show|delete`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from app.schemas import DatasetOut
+from visiontune.cli.common import JsonOpt, client, console, print_json, when
+
+app = typer.Typer(help="Upload and manage datasets.", no_args_is_help=True)
+
+
+def show_dataset(d: DatasetOut) -> None:
+    console.print(f"[bold]{d.name}[/bold]  {d.id}")
+    console.print(
+        f"{d.format}, {d.num_classes} classes, {d.num_images} images, {d.size_bytes:,} bytes, "
+        f"created {when(d.created_at)}",
+        markup=False,
+    )
+    table = Table("split", *d.class_names, "total")
+    for split, counts in d.split_counts.items():
+        table.add_row(split, *(str(counts.get(c, 0)) for c in d.class_names), str(sum(counts.values())))
+    console.print(table)
+    for item in d.invalid_files[:20]:
+        console.print(f"left out: {item}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def upload(
+    path: Annotated[Path, typer.Argument(help="A folder in ImageFolder layout (zipped here), or a .zip/.tar.gz")],
+    name: Annotated[str | None, typer.Option(help="The dataset's name [default: the folder's or file's]")] = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Leave unreadable images out instead of refusing")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a dataset, with a progress bar while the bytes go out."""
+    with client() as c:
+        if as_json:
+            print_json(c.datasets.upload(path, name, skip_invalid=skip_invalid))
+            return
+        columns = (
+            TextColumn("uploading"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("upload", total=None)
+
+            def sent(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            dataset = c.datasets.upload(path, name, skip_invalid=skip_invalid, on_progress=sent)
+        show_dataset(dataset)
+
+
+@app.command("list")
+def list_(
+    limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+    offset: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The project's datasets, newest first."""
+    with client() as c:
+        page = c.datasets.list(limit=limit, offset=offset)
+    if as_json:
+        print_json(page)
+        return
+    table = Table("id", "name", "format", "classes", "images", "created", title=f"{page.total} datasets")
+    for d in page.items:
+        table.add_row(str(d.id), d.name, d.format, str(d.num_classes), str(d.num_images), when(d.created_at))
+    console.print(table)
+
+
+@app.command()
+def show(dataset_id: str, as_json: JsonOpt = False) -> None:
+    """A dataset's classes and image counts per split."""
+    with client() as c:
+        dataset = c.datasets.get(dataset_id)
+    if as_json:
+        print_json(dataset)
+    else:
+        show_dataset(dataset)
+
+
+@app.command()
+def delete(dataset_id: str, as_json: JsonOpt = False) -> None:
+    """Delete a dataset and its files (refused while a queued or running job uses it)."""
+    with client() as c:
+        c.datasets.delete(dataset_id)
+    if as_json:
+        print_json({"deleted": dataset_id})
+    else:
+        console.print(f"Deleted dataset {dataset_id}.", markup=False, highlight=False, soft_wrap=True)
