@@ -1,0 +1,102 @@
+"""One real embedded server (`visiontune run`: SQLite, its own Redis, a worker, the API) shared by the client
+tests, and the CLI run as a subprocess against it."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.processes import REPO, free_port, python, start, stop, wait_http
+
+COLORS = {"red": 0, "green": 1, "blue": 2}
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# The cheapest job that learns these colours: a ResNet-18 (random weights) as a frozen feature extractor at 32 px
+# (features computed once), its head trained for a few epochs.
+CHEAP_JOB = {
+    "arch": "resnet18",
+    "weights": "none",
+    "strategy": "linear",
+    "image_size": 32,
+    "batch_size": 8,
+    "learning_rate": 0.01,
+    "val_fraction": 0.25,
+    "num_workers": 0,
+    "baseline": False,
+}
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    log: Path
+
+
+def color_folder(root: Path, per_class: int = 8, size: int = 16) -> Path:
+    """An ImageFolder of PNGs: one folder per colour, each image that colour plus noise."""
+    rng = np.random.default_rng(0)
+    for name, channel in COLORS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.zeros((size, size, 3), dtype=np.uint8)
+            pixels[..., channel] = 200
+            pixels += rng.integers(0, 40, size=pixels.shape, dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="package")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("server")
+    port = free_port()
+    key = "vt_" + secrets.token_urlsafe(32)
+    log = tmp / "run.log"
+    env = {
+        "VISIONTUNE_DATA_DIR": str(tmp / "var"),
+        "VISIONTUNE_ADMIN_KEY": key,
+        "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
+        "VISIONTUNE_RATE_LIMIT_PREDICT": "100000/minute",
+    }
+    proc = start(python("-m", "launcher.cli", "run", "--port", str(port)), env, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+        yield Server(f"http://127.0.0.1:{port}", key, log)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="package")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return color_folder(tmp_path_factory.mktemp("data") / "colors")
+
+
+def cli_env(config_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONTUNE_")}
+    return {**env, "VISIONTUNE_CONFIG_DIR": str(config_dir), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_cli(config_dir: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """`visiontune ARGS` as a user runs it (python -m launcher.cli), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=REPO,
+        env=cli_env(config_dir, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def plain(text: str) -> str:
+    """Terminal output without its escape sequences."""
+    return ANSI.sub("", text)

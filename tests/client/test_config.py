@@ -1,0 +1,36 @@
+"""Where the client finds its server and key (no server needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visiontune import config
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VISIONTUNE_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.delenv("VISIONTUNE_URL", raising=False)
+    monkeypatch.delenv("VISIONTUNE_KEY", raising=False)
+    return tmp_path / "cfg"
+
+
+def test_arguments_then_environment_then_the_saved_login(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config.resolve() == config.Login(config.DEFAULT_URL, None)
+    path = config.save_login(config.Login("http://gpu-box:8000", "vt_saved"))
+    assert path == home / "login.json" and path.stat().st_mode & 0o777 == 0o600
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert config.resolve() == config.Login("http://gpu-box:8000", "vt_saved")
+    monkeypatch.setenv("VISIONTUNE_KEY", "vt_env")
+    assert config.resolve() == config.Login("http://gpu-box:8000", "vt_env")
+    assert config.resolve("gpu-box:8000/", "vt_arg") == config.Login("http://gpu-box:8000", "vt_arg")
+    assert config.forget_login() and not config.forget_login()
+
+
+def test_the_saved_key_never_goes_to_another_server(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config.save_login(config.Login("http://gpu-box:8000", "vt_saved"))
+    monkeypatch.setenv("VISIONTUNE_URL", "http://elsewhere:8000")
+    assert config.resolve() == config.Login("http://elsewhere:8000", None)
+    assert config.resolve("http://gpu-box:8000/").key == "vt_saved"
