@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+import yaml
 
 from tests.client.conftest import CHEAP_JOB, REPO, Server, cli_env, plain, run_cli
-from tests.processes import bearer
 
 pytestmark = pytest.mark.e2e
 
@@ -135,13 +134,30 @@ def test_upload_submit_follow_events_predict_and_models(server: Server, images: 
     assert bad.returncode == 1 and "epochs" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_follow_exits_4_when_the_job_is_canceled(server: Server, images: Path, cfg: Path) -> None:
-    """Off a terminal --follow prints progress lines; a job canceled while it trains ends it with exit code 4."""
-    up = json.loads(run_cli(cfg, "datasets", "upload", str(images), "--json").stdout)
+def test_a_job_file_and_follow_exit_codes_when_canceled_or_out_of_time(server: Server, images: Path, cfg: Path) -> None:
+    """A job from a YAML file; off a terminal --follow prints progress lines; `jobs follow --timeout` gives up with
+    exit 5 (the job goes on); canceled while it trains (`jobs cancel`), --follow ends with exit 4."""
+    up = json.loads(run_cli(cfg, "datasets", "upload", str(images), "--name", "to-delete", "--json").stdout)
+    assert json.loads(run_cli(cfg, "datasets", "show", up["id"], "--json").stdout)["name"] == "to-delete"
+    job_file = cfg / "job.yaml"
+    job_file.write_text(
+        yaml.safe_dump({**CHEAP_JOB, "dataset_id": up["id"], "model_name": "long", "epochs": 200, "seed": 7})
+    )
     log = cfg / "follow.out"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher.cli", "jobs", "submit", *job_flags(up["id"], "long", 200), "--follow"],
+            [
+                sys.executable,
+                "-m",
+                "launcher.cli",
+                "jobs",
+                "submit",
+                "--file",
+                str(job_file),
+                "--set",
+                "seed=3",
+                "--follow",
+            ],
             cwd=REPO,
             env=cli_env(cfg),
             stdout=out,
@@ -154,8 +170,14 @@ def test_follow_exits_4_when_the_job_is_canceled(server: Server, images: Path, c
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         job_id = log.read_text().split("job ", 1)[1].split()[0]
-        r = httpx.post(f"{server.url}/jobs/{job_id}/cancel", headers=bearer(server.key), timeout=30)
-        assert r.status_code == 200, r.text
+        job = json.loads(run_cli(cfg, "jobs", "show", job_id, "--json").stdout)
+        assert job["config"]["epochs"] == 200 and job["config"]["seed"] == 3  # the file, then --set
+        out_of_time = run_cli(cfg, "jobs", "follow", job_id, "--timeout", "1")
+        assert out_of_time.returncode == 5 and "did not finish within 1 s" in out_of_time.stderr
+        running = json.loads(run_cli(cfg, "jobs", "list", "--status", "running", "--json").stdout)
+        assert job_id in [j["id"] for j in running["items"]]
+        canceled = run_cli(cfg, "jobs", "cancel", job_id, "--json")
+        assert canceled.returncode == 0 and json.loads(canceled.stdout)["cancel_requested"] is True
         assert proc.wait(timeout=60) == 4, log.read_text()
     finally:
         if proc.poll() is None:
@@ -164,3 +186,6 @@ def test_follow_exits_4_when_the_job_is_canceled(server: Server, images: Path, c
     assert "epoch 1/200 step " in text and "loss " in text
     assert "status: canceled" in text and f"job {job_id} canceled" in text
     assert "\x1b[" not in text  # no escape sequences off a terminal
+    deleted = run_cli(cfg, "datasets", "delete", up["id"], "--json")
+    assert deleted.returncode == 0 and json.loads(deleted.stdout) == {"deleted": up["id"]}
+    assert run_cli(cfg, "datasets", "show", up["id"]).returncode == 1

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.processes import REPO
 from visiontune import config
 
 
@@ -34,3 +37,17 @@ def test_the_saved_key_never_goes_to_another_server(home: Path, monkeypatch: pyt
     monkeypatch.setenv("VISIONTUNE_URL", "http://elsewhere:8000")
     assert config.resolve() == config.Login("http://elsewhere:8000", None)
     assert config.resolve("http://gpu-box:8000/").key == "vt_saved"
+
+
+def test_the_client_loads_none_of_the_server_and_is_listed_in_the_help() -> None:
+    code = (
+        "import sys, visiontune, visiontune.cli; "
+        "print(sorted(m for m in ('torch', 'sqlalchemy', 'celery', 'fastapi', 'app.config') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    helped = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "--help"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("run", "api", "worker", "keys", "login", "logout", "datasets", "jobs", "models", "predict"):
+        assert f"    {command} " in helped, helped
