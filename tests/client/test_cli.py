@@ -130,6 +130,8 @@ def test_upload_submit_follow_events_predict_and_models(server: Server, images: 
     missing = run_cli(cfg, "predict", str(red), "--model", "nope", "--json")
     assert missing.returncode == 1 and missing.stdout == ""
     assert json.loads(missing.stderr)["error"]["code"] == "not_found"
+    unreadable = run_cli(cfg, "predict", str(images / "nope.png"), "--model", "colors")
+    assert unreadable.returncode == 1 and "No such file" in unreadable.stderr and "Traceback" not in unreadable.stderr
     bad = run_cli(cfg, "jobs", "submit", "--dataset", dataset["id"], "--epochs", "0")
     assert bad.returncode == 1 and "epochs" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -47,6 +47,10 @@ def main(argv: list[str]) -> int:
     except ClientError as exc:
         report(exc, "--json" in argv)
         return EXIT_ERROR
+    except OSError as exc:  # a file to upload or classify that cannot be read
+        where = f"{exc.filename}: " if exc.filename else ""
+        report(ClientError(f"{where}{exc.strerror or exc}"), "--json" in argv)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.table import Column
 
 from visiontune.client import Client
 from visiontune.errors import JobCanceled, JobFailed, WaitTimeout
@@ -59,8 +60,11 @@ def print_json(value: Any, indent: int | None = 2) -> None:
     sys.stdout.flush()
 
 
+ID = Column("id", no_wrap=True, min_width=36)  # ids are copied from tables whole
+
+
 def when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
 
 
 def pct(value: float | None) -> str:

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from app.schemas import DatasetOut
-from visiontune.cli.common import JsonOpt, client, console, print_json, when
+from visiontune.cli.common import ID, JsonOpt, client, console, print_json, when
 
 app = typer.Typer(help="Upload and manage datasets.", no_args_is_help=True)
 
@@ -71,7 +71,7 @@ def list_(
     if as_json:
         print_json(page)
         return
-    table = Table("id", "name", "format", "classes", "images", "created", title=f"{page.total} datasets")
+    table = Table(ID, "name", "format", "classes", "images", "created", title=f"{page.total} datasets")
     for d in page.items:
         table.add_row(str(d.id), d.name, d.format, str(d.num_classes), str(d.num_images), when(d.created_at))
     console.print(table)

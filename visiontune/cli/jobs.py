@@ -11,7 +11,7 @@ import yaml
 from rich.table import Table
 
 from app.schemas import JobDetail
-from visiontune.cli.common import JsonOpt, client, console, follow, pct, print_json, when
+from visiontune.cli.common import ID, JsonOpt, client, console, follow, pct, print_json, when
 from visiontune.errors import ClientError
 from visiontune.events import JobEvent
 from visiontune.progress import epoch_text, progress_line, status_text
@@ -120,14 +120,10 @@ def list_(
     if as_json:
         print_json(page)
         return
-    table = Table(
-        "id", "status", "model", "arch", "strategy", "best epoch", "created", "finished", title=f"{page.total} jobs"
-    )
+    table = Table(ID, "status", "model", "arch", "strategy", "best epoch", "created", title=f"{page.total} jobs")
     for j in page.items:
         best = str(j.best_epoch) if j.best_epoch is not None else "-"
-        table.add_row(
-            str(j.id), j.status, j.model_name, j.arch, j.strategy, best, when(j.created_at), when(j.finished_at)
-        )
+        table.add_row(str(j.id), j.status, j.model_name, j.arch, j.strategy, best, when(j.created_at))
     console.print(table)
 
 

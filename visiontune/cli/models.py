@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from app.schemas import ModelOut
 from visiontune.cli.common import JsonOpt, client, console, pct, print_json, when
@@ -23,7 +23,9 @@ def show_model(m: ModelOut) -> None:
     pinned = f"v{m.pinned_version}" if m.pinned_version else "none"
     serving = f"v{m.serving_version}" if m.serving_version else "none"
     console.print(f"[bold]{m.name}[/bold]  serving {serving}, pinned {pinned}, aliases {aliases(m)}")
-    table = Table("version", "serving", "job", "arch", "val acc", "test acc", "created")
+    table = Table(
+        "version", "serving", Column("job", no_wrap=True, min_width=36), "arch", "val acc", "test acc", "created"
+    )
     for v in m.versions:
         table.add_row(
             str(v.version),
