@@ -26,8 +26,9 @@ COPY README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY launcher ./launcher
+COPY visiontune ./visiontune
 COPY migrations ./migrations
-RUN pip install --no-deps . && python -c "import app.main, worker.runner, launcher.cli"
+RUN pip install --no-deps . && python -c "import app.main, worker.runner, launcher.cli, visiontune.cli"
 
 USER visiontune
 EXPOSE 8000
