@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -57,7 +58,7 @@ class Job:
         epochs = self.detail.config.get("epochs")
         view = JobProgress(console or Console(stderr=True), epochs if isinstance(epochs, int) else None)
         try:
-            with view if progress else _Quiet():
+            with view if progress else contextlib.nullcontext():
                 try:
                     for event in self._jobs.events(self.id, deadline=deadline):
                         if progress:
@@ -82,14 +83,6 @@ class Job:
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(str(self.id), None)
             time.sleep(POLL_SECONDS)
-
-
-class _Quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class Jobs:

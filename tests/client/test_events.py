@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from visiontune import Client
 from visiontune.events import JobEvent, stream_events
 from visiontune.transport import Transport
 
@@ -72,3 +73,68 @@ def test_a_broken_stream_resumes_after_the_last_whole_event(feed: str) -> None:
     assert received == EVENTS
     assert Feed.asked == [None, "2-0"]
     assert pauses == [0.5]
+
+
+class NoEvents(BaseHTTPRequestHandler):
+    """A server without live events (503 on /events): GET /jobs/{id} says running twice, then succeeded."""
+
+    polls = 0
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.endswith("/events"):
+            body = {"error": {"code": "service_unavailable", "message": "live events need Redis"}}
+            status = 503
+        else:
+            NoEvents.polls += 1
+            status, body = 200, job_detail("running" if NoEvents.polls <= 3 else "succeeded")
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def job_detail(status: str) -> dict[str, object]:
+    now = "2026-12-06T12:00:00Z"
+    return {
+        "id": "6b0f2b4e-8a70-4c1e-9b3a-3f4f3c1d2e10",
+        "status": status,
+        "dataset_id": None,
+        "model_name": "m",
+        "arch": "resnet18",
+        "weights": "none",
+        "strategy": "linear",
+        "attempt": 1,
+        "failures": 0,
+        "max_attempts": 3,
+        "retry_after": None,
+        "last_epoch": None,
+        "error": None,
+        "best_epoch": None,
+        "created_at": now,
+        "started_at": now,
+        "finished_at": None,
+        "config": {"epochs": 1},
+        "cancel_requested": False,
+        "epochs": [],
+        "val_metrics": None,
+        "test_metrics": None,
+    }
+
+
+def test_wait_polls_the_job_when_the_server_keeps_no_live_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("visiontune.jobs.POLL_SECONDS", 0.01)
+    NoEvents.polls = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoEvents)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{server.server_address[1]}", "vt_x") as client:
+            done = client.jobs.wait("6b0f2b4e-8a70-4c1e-9b3a-3f4f3c1d2e10", timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.status == "succeeded" and NoEvents.polls == 5  # the handle, 2 polls running, 1 done, the refresh
