@@ -40,10 +40,10 @@ class JobsByStatus(Collector):
             return
         counts = {str(status): int(n) for status, n in rows}
         jobs = GaugeMetricFamily("visiontune_jobs", "Jobs by status (every project)", labels=["status"])
-        for status in JobStatus:
-            jobs.add_metric([str(status)], counts.pop(str(status), 0))
-        for status, n in sorted(counts.items()):  # a status this code does not know (a newer writer)
-            jobs.add_metric([status], n)
+        for known in JobStatus:
+            jobs.add_metric([str(known)], counts.pop(str(known), 0))
+        for other, n in sorted(counts.items()):  # a status this code does not know (a newer writer)
+            jobs.add_metric([other], n)
         up.add_metric([], 1)
         yield jobs
         yield up
