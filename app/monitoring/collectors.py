@@ -19,6 +19,14 @@ from app.queue import PRIORITY_STEPS, RESENT_PRIORITY, queue_lengths, unacked_co
 
 log = logging.getLogger("visiontune.metrics")
 
+# The metric families these collectors export (the dashboard test checks its queries against them).
+SCRAPE_TIME_METRICS = (
+    "visiontune_jobs",
+    "visiontune_database_up",
+    "visiontune_queue_messages",
+    "visiontune_queue_unacked_messages",
+    "visiontune_broker_up",
+)
 PRIORITY_NAMES = {RESENT_PRIORITY: "resent"} | {p: "new" for p in PRIORITY_STEPS if p != RESENT_PRIORITY}
 
 

@@ -98,3 +98,23 @@ def test_a_launcher_wipes_its_directory_and_those_of_launchers_gone_never_a_live
         holder.communicate("", timeout=30)
     assert sweep_stale(root) == [live.name]  # gone now; this process's own lock is held, so its directory stays
     assert mine.is_dir()
+
+
+def test_the_worker_metrics_port_serves_its_directory(tmp_path):
+    """`visiontune worker` with VISIONTUNE_WORKER_METRICS_PORT: its processes' metrics over plain HTTP, for a
+    Prometheus on another host."""
+    import httpx
+
+    from launcher.metrics import serve_metrics
+    from tests.processes import free_port
+
+    directory = tmp_path / "worker-host-1"
+    directory.mkdir()
+    write_metrics(directory, 2, "gpu0@host")
+    port = free_port()
+    serve_metrics(directory, "127.0.0.1", port)
+    r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert r.status_code == 200
+    samples = parse(r.text)
+    assert value(samples, "visiontune_training_images_per_second", worker="gpu0@host", device="cpu") == 2
+    assert value(samples, "visiontune_reaper_actions_total", kind="job", action="requeued") == 1
