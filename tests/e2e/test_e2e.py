@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
@@ -13,7 +14,7 @@ from app.auth import new_key
 from tests.conftest import REDIS_URL
 from tests.factories import cifar_imagefolder_zip
 from tests.processes import bearer, free_port, python, start, stop, wait_http, wait_job
-from tests.prometheus import Samples, parse, value
+from tests.prometheus import Samples, parse, series, value
 from tests.sse import sse_events
 
 pytestmark = pytest.mark.e2e
@@ -82,7 +83,6 @@ def check_service(base: str, tmp_path, logs, key: str) -> None:
 def check_metrics(base: str, auth: dict[str, str], job_id: str, predicted_images: int) -> None:
     """The API's /metrics adds up every process of the host: the worker's training, the reaper's sweeps, the
     API's own requests and /predict batches, and what is counted at scrape time."""
-    worker = {"worker": f"cpu@{socket.gethostname()}", "device": "cpu"}
 
     def scrape() -> Samples:
         r = httpx.get(f"{base}/metrics", headers=auth, timeout=30)
@@ -95,6 +95,10 @@ def check_metrics(base: str, auth: dict[str, str], job_id: str, predicted_images
         assert time.monotonic() < deadline, "no reaper sweep in /metrics"
         time.sleep(0.5)
         samples = scrape()
+    # One worker trained the job: `cpu@host`, or `gpu<i>@host` on cuda:<i> where the launcher saw GPUs.
+    [worker] = series(samples, "visiontune_training_epoch_duration_seconds_count")
+    assert re.fullmatch(rf"(cpu|gpu\d+)@{re.escape(socket.gethostname())}", worker["worker"]), worker
+    assert worker["device"] == "cpu" if worker["worker"].startswith("cpu") else worker["device"].startswith("cuda:")
     assert value(samples, "visiontune_training_epoch_duration_seconds_count", **worker) == 3
     assert value(samples, "visiontune_training_epoch_duration_seconds_sum", **worker) > 0
     assert value(samples, "visiontune_training_images_total", **worker) > 0
