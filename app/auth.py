@@ -22,14 +22,16 @@ KEY_PREFIX = "vt_"
 KEY_PATTERN = re.compile(r"^vt_[A-Za-z0-9_-]{43}$")
 SHOWN_PREFIX_LENGTH = 10  # "vt_" + 7 characters: enough to tell keys apart, far too little to guess one
 
-ADMIN, TRAIN, PREDICT, READ = "admin", "train", "predict", "read"
-SCOPES = (ADMIN, TRAIN, PREDICT, READ)
-# What each scope grants: admin everything; train its project's datasets, jobs and models (and reading them).
+ADMIN, TRAIN, PREDICT, READ, METRICS = "admin", "train", "predict", "read", "metrics"
+SCOPES = (ADMIN, TRAIN, PREDICT, READ, METRICS)
+# What each scope grants: admin everything; train its project's datasets, jobs and models (and reading them);
+# metrics only the server's Prometheus metrics (a scraper's key can do nothing else).
 GRANTS: dict[str, frozenset[str]] = {
     ADMIN: frozenset(SCOPES),
     TRAIN: frozenset({TRAIN, READ}),
     PREDICT: frozenset({PREDICT}),
     READ: frozenset({READ}),
+    METRICS: frozenset({METRICS}),
 }
 SCOPE_DOCS = {
     ADMIN: "everything: keys of every project, the audit log, server directories and server-side weights files",
@@ -37,6 +39,7 @@ SCOPE_DOCS = {
     "(own project)",
     PREDICT: "POST /predict (own project's models)",
     READ: "read datasets, jobs, metrics, plots and models (own project)",
+    METRICS: "GET /metrics: the server's Prometheus metrics (counts and timings of every project, no data)",
 }
 
 PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"

@@ -143,6 +143,21 @@ class Settings(BaseSettings):
     events_progress_interval_seconds: float = Field(
         default=1.0, ge=0, description="Least time between two progress events of one job"
     )
+    # ---- Prometheus metrics (app/monitoring/, GET /metrics)
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Where the processes of this host write their metrics (prometheus_client's multiprocess "
+        "mode; one subdirectory per launcher, wiped at its start); data_dir/metrics if unset. Keep it on a local "
+        "filesystem",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="`visiontune worker` also serves its processes' metrics on this port (no key: for a "
+        "Prometheus on another host; keep the port private)",
+    )
+    worker_metrics_host: str = Field(default="127.0.0.1", description="Address worker_metrics_port binds to")
     torch_threads: int | None = Field(default=None, description="Intra-op threads for training/serving")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -165,6 +180,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'visiontune.db').resolve()}"
+
+    def resolved_metrics_dir(self) -> Path:
+        """metrics_dir, or data_dir/metrics."""
+        return self.metrics_dir if self.metrics_dir is not None else self.data_dir / "metrics"
 
     @property
     def datasets_dir(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import events
-from app.api import audit, datasets, exports, health, jobs, keys, predict, registry
+from app.api import audit, datasets, exports, health, jobs, keys, monitoring, predict, registry
 from app.api.middleware import install_middleware
 from app.api.ratelimit import RateLimiter
 from app.api.swagger_ui import install_docs
@@ -26,6 +27,8 @@ from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.errors import VisiontuneError
 from app.ml.predictor import ModelCache
+from app.monitoring.collectors import JobsByStatus, QueueDepth
+from app.monitoring.multiproc import mark_dead
 from app.queue import api_senders
 from app.services.prediction import resolve_served
 from app.serving.batcher import Batcher, serving_threads
@@ -160,10 +163,18 @@ def create_app(
 
             torch.set_num_threads(settings.torch_threads)
         app.state.batcher = Batcher.from_settings(settings)  # this process's inference thread
+        # /metrics: every process's files under the metrics root, and what is counted at scrape time.
+        app.state.metrics_root = settings.resolved_metrics_dir()
+        broker = settings.broker_redis_url()
+        queue_depth = QueueDepth(broker, settings.queue) if broker else None
+        app.state.metrics_collectors = [JobsByStatus(app.state.sessionmaker), *([queue_depth] if queue_depth else [])]
         try:
             yield
         finally:
             app.state.batcher.close()
+            if queue_depth is not None:
+                queue_depth.close()
+            mark_dead(os.getpid())  # this process's live gauges go with it
             if host is not None:
                 host.close()
             if app.state.events_reader is not None:
@@ -179,7 +190,7 @@ def create_app(
         redoc_url=None,  # ReDoc needs inline styles and a blob: worker, which the CSP refuses
     )
     install_error_handlers(app)
-    for module in (health, datasets, jobs, registry, exports, predict, keys, audit):
+    for module in (health, datasets, jobs, registry, exports, predict, keys, audit, monitoring):
         app.include_router(module.router)
     install_docs(app)
     install_middleware(app, settings)

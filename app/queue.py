@@ -159,3 +159,17 @@ def _task_ids(item: bytes) -> list[str]:
     except (ValueError, AttributeError, IndexError, TypeError):
         return []
     return [part.strip("()[]'\", ") for part in argsrepr.split(",")]
+
+
+def queue_lengths(client: redis.Redis, queue: str) -> dict[int, int]:
+    """Messages waiting in queue, per priority step (kombu's Redis layout), read in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for key in redis_queue_keys(queue):
+        pipe.llen(key)
+    lengths = cast(list[int], pipe.execute())
+    return dict(zip(PRIORITY_STEPS, lengths, strict=True))
+
+
+def unacked_count(client: redis.Redis) -> int:
+    """Messages delivered to workers and not yet acknowledged (on this broker's database, every queue)."""
+    return int(cast(int, client.hlen(UNACKED)))

@@ -272,11 +272,11 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100, description="what the key is for, e.g. 'ci' or 'alice'")
-    scopes: list[Literal["admin", "train", "predict", "read"]] = Field(
+    scopes: list[Literal["admin", "train", "predict", "read", "metrics"]] = Field(
         min_length=1,
-        max_length=4,
+        max_length=5,
         description="admin: everything, every project; train: datasets, jobs and models of its project (and read); "
-        "predict: /predict; read: read its project's datasets, jobs and models",
+        "predict: /predict; read: read its project's datasets, jobs and models; metrics: GET /metrics only",
     )
     project: str | None = Field(
         default=None,

@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         from app.auth import check_auth_mode
 
         check_auth_mode(settings)
+    if args.command in ("run", "api", "worker", "reaper"):
+        # Before anything imports prometheus_client: its multiprocess mode is chosen at import, in every process.
+        from launcher.metrics import prepare_metrics_dir
+
+        metrics_dir = prepare_metrics_dir(settings, args.command)
     if args.command == "run":
         from launcher.embedded import run_embedded
 
@@ -77,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from launcher.supervise import supervise
         from launcher.workers import reaper_command, visible_gpus, worker_commands
 
+        if settings.worker_metrics_port:
+            from launcher.metrics import serve_metrics
+
+            serve_metrics(metrics_dir, settings.worker_metrics_host, settings.worker_metrics_port)
         return supervise([*worker_commands(visible_gpus()), reaper_command()])
     if args.command == "reaper":
         from worker.reaper import run_reaper

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+from app.monitoring.multiproc import mark_dead
+
 log = logging.getLogger("visiontune.launch")
 
 Command = tuple[list[str], dict[str, str]]  # argv and the environment it adds
@@ -69,6 +71,7 @@ def supervise(commands: list[Command], restart: bool = True) -> int:
             exited = proc.poll()
             if exited is None:
                 continue
+            mark_dead(proc.pid)  # its live gauges in the metrics directory go with it
             if not restart:
                 log.error("%s exited with %s; stopping everything", names[i], exited)
                 stopping, code = True, 1

@@ -36,6 +36,7 @@ from app import events, export_state, job_state
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.models import utcnow
+from app.monitoring.instruments import REAPER_ACTIONS, REAPER_SWEEPS
 from app.queue import BrokerProbe, Send, broker_probe, make_celery, send_export_task, send_train_task
 
 log = logging.getLogger("visiontune.reaper")
@@ -56,6 +57,18 @@ class SweepReport:
             (self.requeued, self.failed, self.canceled, self.sent)
             + (self.exports_requeued, self.exports_failed, self.exports_sent)
         )
+
+    def actions(self) -> dict[tuple[str, str], int]:
+        """How many rows each (kind, action) touched: the labels of visiontune_reaper_actions_total."""
+        return {
+            ("job", "requeued"): len(self.requeued),
+            ("job", "failed"): len(self.failed),
+            ("job", "canceled"): len(self.canceled),
+            ("job", "resent"): len(self.sent),
+            ("export", "requeued"): len(self.exports_requeued),
+            ("export", "failed"): len(self.exports_failed),
+            ("export", "resent"): len(self.exports_sent),
+        }
 
 
 class _Held:
@@ -118,6 +131,8 @@ class Reaper:
             self._resend(
                 "export", now, held, export_state.unsent, export_state.mark_sent, self.send_export, report.exports_sent
             )
+        for (kind, action), count in report.actions().items():
+            REAPER_ACTIONS.labels(kind, action).inc(count)  # zeros too: every series exists from the first sweep
         if report:
             log.info(
                 "reaper: requeued %s, failed %s, canceled %s, sent %s; exports: requeued %s, failed %s, sent %s",
@@ -177,7 +192,9 @@ class Reaper:
         while not stop.is_set():
             try:
                 self.sweep()
+                REAPER_SWEEPS.labels("ok").inc()
             except Exception:
+                REAPER_SWEEPS.labels("error").inc()
                 log.warning("reaper sweep failed; retrying", exc_info=True)
             stop.wait(self.settings.reaper_interval_seconds)
 

@@ -41,6 +41,7 @@ from worker import shutdown
 from worker.checkpoints import CheckpointStore
 from worker.lease import LeaseKeeper, with_db_retry
 from worker.progress import EpochPace, epoch_event
+from worker.telemetry import TrainingTelemetry
 
 log = logging.getLogger("visiontune.runner")
 
@@ -72,6 +73,7 @@ class RunnerHooks:
     baseline: dict[str, Any] | None = None
     built: BuiltModel | None = field(default=None, repr=False)
     pace: EpochPace = field(default_factory=EpochPace)
+    telemetry: TrainingTelemetry | None = None
 
     def should_stop(self) -> bool:
         return self.keeper.should_stop()
@@ -81,6 +83,8 @@ class RunnerHooks:
     ) -> None:
         """A progress event, at most one per events_progress_interval_seconds (the loss is read only then)."""
         self.pace.step(epoch, step, images)
+        if self.telemetry is not None:
+            self.telemetry.step(self.pace.rates()[1])
         publisher = events.publisher()
         if publisher is None or not publisher.progress_due(self.job.id):
             return
@@ -100,6 +104,8 @@ class RunnerHooks:
         self.built = built
         self.runner.record_epoch(self, report, built, state())
         self.pace.epoch_seconds.append(report.seconds)
+        if self.telemetry is not None:
+            self.telemetry.epoch(report)
         events.publish(self.job.id, "epoch", epoch_event(report))
 
     def resume_state(self) -> TrainingState | None:
@@ -156,7 +162,14 @@ class JobRunner:
     # ------------------------------------------------------------ the run
 
     def run(self, job_id: uuid.UUID) -> str:
-        """Train job_id if it can be claimed; returns the outcome in one word."""
+        """Train job_id if it can be claimed; returns the outcome in one word (also counted in the metrics)."""
+        setup = DeviceSetup.for_device()
+        telemetry = TrainingTelemetry(setup.device)
+        outcome = self._run(job_id, setup, telemetry)
+        telemetry.finished(outcome)
+        return outcome
+
+    def _run(self, job_id: uuid.UUID, setup: DeviceSetup, telemetry: TrainingTelemetry) -> str:
         attempt = self.with_db_retry(lambda: self.claim(job_id))
         if attempt is None:
             log.info("job %s is not claimable (finished, canceled, waiting to retry or owned by a worker)", job_id)
@@ -183,7 +196,8 @@ class JobRunner:
             resume = self.with_db_retry(store.resume)
             class_names, splits = load_splits(dataset_path)
             hooks = RunnerHooks(self, job, attempt, config, class_names, keeper, store, resume, job.baseline_metrics)
-            result = fit(config, class_names, splits, hooks, DeviceSetup.for_device())
+            hooks.telemetry = telemetry
+            result = fit(config, class_names, splits, hooks, setup)
             self.with_db_retry(lambda: self.finish_success(job, attempt, result, hooks))
             return "succeeded"
         except (TrainingStopped, LeaseLost):

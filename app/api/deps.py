@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.auth import ADMIN, PREDICT, READ, TRAIN, Actor, is_loopback
+from app.auth import ADMIN, METRICS, PREDICT, READ, TRAIN, Actor, is_loopback
 from app.config import Settings
 from app.db import session_scope
 from app.errors import Forbidden, Unauthorized
@@ -80,3 +80,4 @@ ReadCaller = Annotated[Actor, Depends(require(READ))]
 TrainCaller = Annotated[Actor, Depends(require(TRAIN))]
 PredictCaller = Annotated[Actor, Depends(require(PREDICT))]
 AdminCaller = Annotated[Actor, Depends(require(ADMIN))]
+MetricsCaller = Annotated[Actor, Depends(require(METRICS))]

@@ -1,8 +1,9 @@
 """HTTP hardening around every route: security headers, CORS, a CSRF guard and a request-body size guard.
 
 All of it is plain ASGI (no BaseHTTPMiddleware), so bodies stream through untouched and nothing is buffered.
-Outermost first: SecurityHeaders (so every answer, the guards' own included, carries the headers), CORS when
-origins are configured (so a browser can read the guards' errors), RequireAuthorization, BodySizeLimit.
+Outermost first: RequestMetrics (app/api/request_metrics.py: every answer counted and timed, the guards' own
+included), SecurityHeaders (so every answer, the guards' own included, carries the headers), CORS when origins are
+configured (so a browser can read the guards' errors), RequireAuthorization, BodySizeLimit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.request_metrics import RequestMetrics
 from app.config import Settings
 
 # Both stream their multipart bodies and enforce their own, larger limits while reading (app/api/uploads.py).
@@ -40,6 +42,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
         )
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, templates=lambda: list(app.openapi()["paths"]))
 
 
 def _route_path(scope: Scope) -> str:

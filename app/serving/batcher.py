@@ -26,6 +26,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.errors import ServiceUnavailable
+from app.monitoring.instruments import PREDICT_BATCH_SIZE, PREDICT_FORWARD, PREDICT_QUEUE_WAIT
 from app.serving.predictor import Predictor
 
 EMA_WEIGHT = 0.2  # weight of the newest batch in the moving average of batch seconds
@@ -220,6 +221,9 @@ class Batcher:
             torch.set_num_threads(self.threads)
         while (batch := self._next_batch()) is not None:
             start = time.monotonic()
+            for part in batch:
+                PREDICT_QUEUE_WAIT.observe(start - part.arrived)
+            PREDICT_BATCH_SIZE.observe(sum(p.size for p in batch))
             try:
                 x = batch[0].images if len(batch) == 1 else torch.cat([p.images for p in batch])
                 probs = batch[0].predictor.predict_batch(x)
@@ -232,6 +236,7 @@ class Batcher:
                     part.request.deliver(part.index, probs[offset : offset + part.size])
                     offset += part.size
             elapsed = time.monotonic() - start
+            PREDICT_FORWARD.observe(elapsed)
             with self._cond:
                 self._running = 0
                 previous = self.batch_seconds

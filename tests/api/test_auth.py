@@ -53,8 +53,10 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/keys"): "admin",
     ("DELETE", "/keys/{key_id}"): "admin",
     ("GET", "/audit"): "admin",
+    ("GET", "/metrics"): "metrics",
 }
-GRANTED_BY = {"admin": {"admin", "train", "predict", "read"}, "train": {"train", "read"}}
+SCOPE_NAMES = ("admin", "train", "predict", "read", "metrics")
+GRANTED_BY = {"admin": set(SCOPE_NAMES), "train": {"train", "read"}}
 
 
 def api_routes(app) -> list[tuple[str, str]]:
@@ -113,7 +115,7 @@ def test_every_route_is_in_the_table(client):
 
 
 def test_route_matrix(client, settings):
-    keys = {scope: make_key(client, [scope], name=scope)["key"] for scope in ("admin", "train", "predict", "read")}
+    keys = {scope: make_key(client, [scope], name=scope)["key"] for scope in SCOPE_NAMES}
     revoked = make_key(client, ["admin"], name="revoked")
     assert client.delete(f"/keys/{revoked['id']}").status_code == 200
     expired = make_key(client, ["admin"], name="expired")

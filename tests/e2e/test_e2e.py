@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import socket
+import time
 import uuid
 
 import httpx
@@ -11,6 +14,7 @@ from app.auth import new_key
 from tests.conftest import REDIS_URL
 from tests.factories import cifar_imagefolder_zip
 from tests.processes import bearer, free_port, python, start, stop, wait_http, wait_job
+from tests.prometheus import Samples, parse, series, value
 from tests.sse import sse_events
 
 pytestmark = pytest.mark.e2e
@@ -73,6 +77,41 @@ def check_service(base: str, tmp_path, logs, key: str) -> None:
 
     models = httpx.get(f"{base}/models/{name}", timeout=10, headers=auth).json()
     assert models["serving_version"] == 1
+    check_metrics(base, auth, job_id, predicted_images=len(heldout))
+
+
+def check_metrics(base: str, auth: dict[str, str], job_id: str, predicted_images: int) -> None:
+    """The API's /metrics adds up every process of the host: the worker's training, the reaper's sweeps, the
+    API's own requests and /predict batches, and what is counted at scrape time."""
+
+    def scrape() -> Samples:
+        r = httpx.get(f"{base}/metrics", headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        return parse(r.text)
+
+    deadline = time.monotonic() + 60
+    samples = scrape()
+    while value(samples, "visiontune_reaper_sweeps_total", result="ok") < 1:  # every 5 s, in its own process
+        assert time.monotonic() < deadline, "no reaper sweep in /metrics"
+        time.sleep(0.5)
+        samples = scrape()
+    # One worker trained the job: `cpu@host`, or `gpu<i>@host` on cuda:<i> where the launcher saw GPUs.
+    [worker] = series(samples, "visiontune_training_epoch_duration_seconds_count")
+    assert re.fullmatch(rf"(cpu|gpu\d+)@{re.escape(socket.gethostname())}", worker["worker"]), worker
+    assert worker["device"] == "cpu" if worker["worker"].startswith("cpu") else worker["device"].startswith("cuda:")
+    assert value(samples, "visiontune_training_epoch_duration_seconds_count", **worker) == 3
+    assert value(samples, "visiontune_training_epoch_duration_seconds_sum", **worker) > 0
+    assert value(samples, "visiontune_training_images_total", **worker) > 0
+    assert value(samples, "visiontune_training_runs_total", worker=worker["worker"], outcome="succeeded") == 1
+    assert ("visiontune_training_images_per_second", frozenset(worker.items())) in samples  # 0 now: idle
+    assert value(samples, "visiontune_predict_batch_size_images_sum") == predicted_images
+    assert value(samples, "visiontune_predict_queue_wait_seconds_count") >= 1
+    assert value(samples, "visiontune_jobs", status="succeeded") >= 1
+    assert ("visiontune_reaper_actions_total", frozenset({"kind": "job", "action": "resent"}.items())) in samples
+    assert value(samples, "visiontune_http_requests_total", method="GET", route="/jobs/{job_id}", status="200") >= 1
+    assert value(samples, "visiontune_http_requests_total", method="POST", route="/predict", status="200") == 1
+    assert value(samples, "visiontune_broker_up") == 1 and value(samples, "visiontune_database_up") == 1
+    assert not any(job_id in dict(labels).get("route", "") for _, labels in samples)  # templates, not raw paths
 
 
 def test_api_and_worker_processes_on_postgres_and_redis(pg_database, tmp_path):

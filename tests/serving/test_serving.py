@@ -114,13 +114,35 @@ def test_batches_never_exceed_max_batch_and_a_large_request_is_split_in_order(ti
     tensors.append(torch.stack([tiny.preprocess(img) for img in images(9, seed=1)]))
     expected = [tiny.predict_batch(t) for t in tensors]
     batcher = Batcher(max_batch=4, max_wait_s=0.02)
+    before = batch_metrics()
     try:
         got = submit_concurrently(batcher, counting, tensors)
     finally:
         batcher.close()
     assert max(counting.sizes) <= 4 and sum(counting.sizes) == 19, counting.sizes
+    # The metrics saw every forward: its size, its time, and the wait of each part (11 requests, one in 3 parts).
+    after = batch_metrics()
+    assert after["batches"] - before["batches"] == len(counting.sizes)
+    assert after["images"] - before["images"] == 19
+    assert after["forwards"] - before["forwards"] == len(counting.sizes)
+    assert after["waits"] - before["waits"] == 13
     for g, e in zip(got, expected, strict=True):
         assert g.shape == e.shape and torch.allclose(g, e, atol=TOL, rtol=0)
+
+
+def batch_metrics(client=None) -> dict[str, float]:
+    """The batcher's histograms as GET /metrics shows them (with a client), else as this process's registry does."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    from tests.prometheus import parse, value
+
+    samples = parse(client.get("/metrics").text if client is not None else generate_latest(REGISTRY).decode())
+    return {
+        "batches": value(samples, "visiontune_predict_batch_size_images_count"),
+        "images": value(samples, "visiontune_predict_batch_size_images_sum"),
+        "forwards": value(samples, "visiontune_predict_forward_seconds_count"),
+        "waits": value(samples, "visiontune_predict_queue_wait_seconds_count"),
+    }
 
 
 def part(key: str, size: int, arrived: float) -> Part:
@@ -221,8 +243,12 @@ def test_predict_route_batches_without_a_session_and_takes_raw_images(
 
     monkeypatch.setattr(TorchPredictor, "predict_batch", watched)
     png = encoded("PNG")
+    before = batch_metrics(client)
     r = client.post("/predict", files=[("files", ("x.png", png, "image/png"))], data={"model": name, "top_k": "2"})
     assert r.status_code == 200, r.text
+    after = batch_metrics(client)  # one /predict of one image
+    assert after["batches"] - before["batches"] == 1 and after["images"] - before["images"] == 1
+    assert after["waits"] - before["waits"] == 1
     form_answer = r.json()
     assert form_answer["backend"] == "torch" and form_answer["model_name"] == name and checked_out == [0]
 

@@ -148,3 +148,30 @@ def test_exports_go_through_the_same_loops(settings, factory):
     assert mine(jobs.sent) == [] and jobs.probed == 1  # one probe serves both loops
     # Without an export sender, exports are left be.
     assert mine(Reaper(settings, factory, jobs.send).sweep(now=now + timedelta(hours=1)).exports_sent) == []
+
+
+def test_reaper_actions_are_counted_in_the_metrics(settings, factory):
+    """visiontune_reaper_actions_total moves by what each sweep did (read back through the text exposition)."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    from tests.prometheus import parse, value
+
+    def counts() -> dict[tuple[str, str], float]:
+        samples = parse(generate_latest(REGISTRY).decode())
+        keys = [("job", a) for a in ("requeued", "failed", "canceled", "resent")]
+        keys += [("export", a) for a in ("requeued", "failed", "resent")]
+        return {k: value(samples, "visiontune_reaper_actions_total", kind=k[0], action=k[1]) for k in keys}
+
+    now = utcnow()
+    lapsed = now - timedelta(seconds=1)
+    running(factory, lapsed)
+    running(factory, lapsed, attempt=3, failures=2)
+    running(factory, lapsed, cancel_requested=True)
+    job(factory)  # never sent
+    before = counts()
+    broker = FakeBroker(held=set())
+    report = Reaper(settings, factory, broker.send, broker.probe).sweep(now=now)
+    after = counts()
+    moved = {k: after[k] - before[k] for k in after}
+    assert moved == {k: float(n) for k, n in report.actions().items()}  # other tests' rows may count too
+    assert all(moved[("job", a)] >= 1 for a in ("requeued", "failed", "canceled", "resent")), moved

@@ -1,0 +1,39 @@
+"""The launchers' part in prometheus_client's multiprocess mode: claim this launcher's metrics directory before
+any metric exists and hand it to every process it starts (PROMETHEUS_MULTIPROC_DIR); optionally serve the
+directory's metrics on a port of its own (`visiontune worker` on a host the API cannot see)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from app.config import Settings
+from app.monitoring.multiproc import MULTIPROC_ENV, claim
+
+log = logging.getLogger("visiontune.metrics")
+
+
+def prepare_metrics_dir(settings: Settings, role: str) -> Path:
+    """This launcher's (emptied) metrics directory, exported to its children; one a launcher above this one (or
+    the operator) chose is kept as it is."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        return Path(given)
+    root = settings.resolved_metrics_dir().resolve()
+    directory = claim(root, role)
+    os.environ["VISIONTUNE_METRICS_DIR"] = str(root)  # the API processes add up this root's subdirectories
+    os.environ[MULTIPROC_ENV] = str(directory)
+    log.info("metrics of this %s's processes in %s", role, directory)
+    return directory
+
+
+def serve_metrics(directory: Path, host: str, port: int) -> None:
+    """Serve the metrics of the processes writing to directory on host:port (a daemon thread; no key)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry, path=str(directory))
+    start_http_server(port, addr=host, registry=registry)
+    log.info("worker metrics on http://%s:%s/metrics", host, port)

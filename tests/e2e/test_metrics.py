@@ -1,0 +1,59 @@
+"""/metrics through a real `visiontune api --workers 2`: whichever uvicorn worker answers a scrape, it adds up the
+requests both served (multiprocess mode over the launcher's directory); the launcher wiped the directory of a
+launcher that is gone and claimed its own under data_dir/metrics."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import httpx
+import pytest
+
+from app.monitoring.multiproc import LOCK_SUFFIX
+from tests.conftest import REDIS_URL
+from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http
+from tests.prometheus import parse, value
+
+pytestmark = pytest.mark.e2e
+
+
+def test_two_api_workers_report_the_same_aggregated_counts(tmp_path):
+    local = local_api(tmp_path, f"metrics-{uuid.uuid4().hex[:8]}", REDIS_URL)
+    root = tmp_path / "data" / "metrics"
+    stale = root / "api-gone-1"  # left by a launcher that died: nobody holds its lock
+    stale.mkdir(parents=True)
+    (stale / "counter_1.db").write_bytes(b"")
+    (root / f"{stale.name}{LOCK_SUFFIX}").touch()
+    port, log = free_port(), tmp_path / "api.log"
+    api = start(python("-m", "launcher.cli", "api", "--port", str(port), "--workers", "2"), local.env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health", api, log)  # one /health answered 200
+        r = httpx.post(f"{base}/keys", json={"name": "prom", "scopes": ["metrics"]}, headers=bearer(local.key))
+        assert r.status_code == 201, r.text
+        scraper = bearer(r.json()["key"])
+        for _ in range(20):  # a new connection each: the two workers share them
+            assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+        missing = str(uuid.uuid4())
+        assert httpx.get(f"{base}/jobs/{missing}", headers=bearer(local.key), timeout=10).status_code == 404
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
+        assert httpx.get(f"{base}/metrics", headers=bearer(local.key), timeout=10).status_code == 200  # admin
+        for scrape in range(1, 9):
+            r = httpx.get(f"{base}/metrics", headers=scraper, timeout=10)
+            assert r.status_code == 200, r.text
+            samples = parse(r.text)
+            get = {"method": "GET"}
+            assert value(samples, "visiontune_http_requests_total", **get, route="/health", status="200") == 21
+            assert value(samples, "visiontune_http_requests_total", **get, route="/jobs/{job_id}", status="404") == 1
+            assert value(samples, "visiontune_http_requests_total", **get, route="/metrics", status="401") == 1
+            # every scrape before this one, through whichever worker, plus the admin's
+            assert value(samples, "visiontune_http_requests_total", **get, route="/metrics", status="200") == scrape
+            assert value(samples, "visiontune_http_requests_total", method="POST", route="/keys", status="201") == 1
+            assert value(samples, "visiontune_jobs", status="queued") == 0
+        [mine] = [d for d in root.iterdir() if d.is_dir()]
+        assert not stale.exists() and mine.name.startswith(f"api-{socket.gethostname()}-")
+        pids = {f.stem.rsplit("_", 1)[1] for f in mine.glob("histogram_*.db")}
+        assert len(pids) == 2, pids  # both uvicorn workers write there
+    finally:
+        stop(api)
