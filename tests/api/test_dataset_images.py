@@ -136,14 +136,3 @@ def test_an_image_removed_from_disk_is_404_not_500(client, dataset_id, settings)
     r = client.get(f"/datasets/{dataset_id}/images/{ref}")
     assert r.status_code == 404 and "missing" in r.json()["error"]["message"]
     assert str(settings.datasets_dir) not in r.text
-
-
-def test_the_caches_are_bounded_by_weight():
-    from app.services.dataset_images import _LRU
-
-    cache: _LRU[str, bytes] = _LRU(10, len)
-    cache.put("a", b"12345")
-    cache.put("b", b"1234")
-    assert cache.get("a") == b"12345"  # now the most recently used
-    cache.put("c", b"123")  # 12 bytes: the least recently used (b) goes
-    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (b"12345", None, b"123")
