@@ -47,6 +47,12 @@ class Conflict(VisiontuneError):
     code = "conflict"
 
 
+class PredictionsUnavailable(Conflict):
+    """A job has no stored per-image validation predictions (not finished, no val split, or trained before)."""
+
+    code = "predictions_unavailable"
+
+
 class PayloadTooLarge(VisiontuneError):
     status_code = 413
     code = "payload_too_large"

@@ -314,3 +314,18 @@ class Export(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ValPrediction(Base):
+    """The best checkpoint's prediction for one validation image of a job: a row of its confusion matrix, image
+    by image (the dashboard shows a cell's images). Written once, when the job succeeds; gone with the job, and
+    with its dataset (the refs name that dataset's images)."""
+
+    __tablename__ = "val_predictions"
+    __table_args__ = (Index("ix_val_predictions_cell", "job_id", "true_class", "predicted_class", "confidence"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    ref: Mapped[int] = mapped_column(Integer, primary_key=True)  # the image's stable number in the dataset
+    true_class: Mapped[int] = mapped_column(Integer)
+    predicted_class: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)  # the predicted class's probability

@@ -343,3 +343,52 @@ class ExportOut(BaseModel):
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+
+
+class ClassSamples(BaseModel):
+    index: int
+    name: str
+    count: int = Field(description="images of this class in the split")
+    samples: list[int] = Field(description="image refs (GET /datasets/{id}/images/{ref}), spread over the class")
+
+
+class DatasetSamples(BaseModel):
+    dataset_id: uuid.UUID
+    split: str
+    per_class: int
+    classes: list[ClassSamples]
+
+
+class ClassRef(BaseModel):
+    index: int
+    name: str
+
+
+class ConfusionImage(BaseModel):
+    ref: int = Field(description="the image's ref in the job's dataset (GET /datasets/{id}/images/{ref})")
+    confidence: float = Field(description="the probability the best checkpoint gave the predicted class")
+
+
+class ConfusionCell(BaseModel):
+    """The validation images of one confusion-matrix cell of the job's best checkpoint, most confident first."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    job_id: uuid.UUID
+    dataset_id: uuid.UUID | None
+    true: ClassRef
+    predicted: ClassRef
+    total: int = Field(description="images in this cell (the confusion matrix's count)")
+    limit: int
+    offset: int
+    items: list[ConfusionImage]
+
+
+class JobEstimate(BaseModel):
+    images_per_epoch: int = Field(description="training images per epoch (after holding out val_fraction)")
+    epochs: int
+    tflops: float | None = Field(description="the job's training cost in TFLOPs (the quota's estimate)")
+    seconds: float | None = Field(description="estimated training time; null without measured history")
+    basis: str = Field(description="how seconds was estimated")
+    images_per_second: float | None = Field(default=None, description="the training rate the estimate assumes")
+    history_epochs: int = Field(default=0, description="measured epochs the estimate rests on")

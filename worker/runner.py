@@ -35,6 +35,7 @@ from app.ml.strategies import export_state_dict
 from app.ml.trainer import EpochReport, FitResult, TrainingState, fit
 from app.models import Dataset, Epoch, Job, JobStatus
 from app.schemas import training_config
+from app.services import predictions
 from app.services.exports import queue_exports
 from app.services.registry import register_version
 from worker import shutdown
@@ -281,6 +282,8 @@ class JobRunner:
                 baseline_metrics=result.baseline or None,
                 flops_per_image=result.flops_per_image,
             )
+            if result.val_predictions is not None:  # under the same fence, in the same unit as the outcome
+                predictions.record(s, job.id, result.val_predictions)
             best = hooks.store.best(
                 s,
                 lambda: export_state_dict(model()),

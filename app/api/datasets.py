@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.deps import AdminCaller, ReadCaller, SessionDep, SettingsDep, TrainCaller
@@ -13,8 +13,16 @@ from app.api.docs import errors
 from app.api.uploads import DATASET_UPLOAD_OPENAPI, read_dataset_form
 from app.db import session_scope
 from app.models import Dataset
-from app.schemas import MAX_OFFSET, DatasetFormat, DatasetOut, DatasetRegister, DatasetSource, Page
-from app.services import audit, quotas
+from app.schemas import (
+    MAX_OFFSET,
+    DatasetFormat,
+    DatasetOut,
+    DatasetRegister,
+    DatasetSamples,
+    DatasetSource,
+    Page,
+)
+from app.services import audit, dataset_images, quotas
 from app.services import datasets as service
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -105,3 +113,37 @@ def delete_dataset(dataset_id: uuid.UUID, caller: TrainCaller, session: SessionD
     results and checkpoints)."""
     service.delete_dataset(session, caller, dataset_id)
     return Response(status_code=204)
+
+
+@router.get("/{dataset_id}/samples", response_model=DatasetSamples, responses=errors(404, 422))
+def dataset_samples(
+    dataset_id: uuid.UUID,
+    caller: ReadCaller,
+    session: SessionDep,
+    per_class: Annotated[int, Query(ge=1, le=16, description="image refs per class")] = 4,
+    split: Annotated[str, Query(max_length=20, description="one of the dataset's splits")] = "train",
+) -> DatasetSamples:
+    """Each class of a split with its image count and a few image refs, spread over the class (the same ones
+    every time); show them with GET /datasets/{id}/images/{ref}."""
+    return dataset_images.samples(session, caller.project, dataset_id, split, per_class)
+
+
+JPEG = {"content": {"image/jpeg": {}}, "description": "JPEG thumbnail"}
+
+
+@router.get("/{dataset_id}/images/{ref}", response_class=Response, responses={200: JPEG, **errors(404, 422)})
+def dataset_image(
+    dataset_id: uuid.UUID,
+    ref: Annotated[int, Path(ge=0, le=MAX_OFFSET, description="the image's number in the dataset")],
+    caller: ReadCaller,
+    session: SessionDep,
+    settings: SettingsDep,
+    size: Annotated[int, Query(ge=16, le=256, description="longest side in pixels (never enlarged)")] = 96,
+) -> Response:
+    """A thumbnail of one image of the dataset, by the ref the samples and confusion routes give."""
+    body = dataset_images.thumbnail(session, settings, caller.project, dataset_id, ref, size)
+    return Response(
+        body,
+        media_type=dataset_images.THUMBNAIL_MEDIA_TYPE,
+        headers={"Cache-Control": dataset_images.THUMBNAIL_CACHE_CONTROL},
+    )

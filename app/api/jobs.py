@@ -14,8 +14,19 @@ from app.api.deps import ReadCaller, SessionDep, SettingsDep, TrainCaller
 from app.api.docs import errors
 from app.db import after_commit
 from app.models import Job
-from app.schemas import MAX_OFFSET, CheckpointOut, EpochOut, JobCreate, JobDetail, JobMetrics, JobSummary, Page
-from app.services import job_events
+from app.schemas import (
+    MAX_OFFSET,
+    CheckpointOut,
+    ConfusionCell,
+    EpochOut,
+    JobCreate,
+    JobDetail,
+    JobEstimate,
+    JobMetrics,
+    JobSummary,
+    Page,
+)
+from app.services import estimates, job_events, predictions
 from app.services import jobs as service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -69,6 +80,13 @@ def create_job(
     if not created:
         response.status_code = 200
     return to_detail(session, job)
+
+
+@router.post("/estimate", response_model=JobEstimate, responses=errors(403, 422))
+def estimate_job(body: JobCreate, caller: TrainCaller, session: SessionDep, settings: SettingsDep) -> JobEstimate:
+    """How much a job would train (images per epoch, epochs, TFLOPs) and for how long, from this server's
+    measured training rate; the body is POST /jobs's, validated the same way. Nothing is submitted."""
+    return estimates.estimate_job(session, settings, caller, body)
 
 
 @router.get("", response_model=Page[JobSummary], responses=errors())
@@ -162,3 +180,18 @@ def confusion_png(
 def curves_png(job_id: uuid.UUID, caller: ReadCaller, session: SessionDep) -> Response:
     """Train and validation loss and accuracy per epoch."""
     return Response(service.curves_png(session, caller.project, job_id), media_type="image/png")
+
+
+@router.get("/{job_id}/confusion", response_model=ConfusionCell, responses=errors(404, 409, 422))
+def confusion_cell(
+    job_id: uuid.UUID,
+    caller: ReadCaller,
+    session: SessionDep,
+    true: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="true class index")],
+    predicted: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="predicted class index")],
+    limit: Annotated[int, Query(ge=1, le=200)] = 24,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> ConfusionCell:
+    """The validation images of one cell of the best checkpoint's confusion matrix (val split), most confident
+    first; 409 predictions_unavailable until the job has succeeded."""
+    return predictions.confusion_cell(session, caller.project, job_id, true, predicted, limit, offset)

@@ -568,12 +568,21 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 @dataclass
 class SampleSet:
-    """Images of one split: in-memory uint8 arrays (CIFAR) or files on disk."""
+    """Images of one split: in-memory uint8 arrays (CIFAR) or files on disk.
+
+    refs are the images' stable numbers within their dataset (see ref_offsets; 0..N-1 when not given): what the
+    per-image validation predictions and the API's thumbnails name an image by.
+    """
 
     labels: np.ndarray
     arrays: np.ndarray | None = None  # N×H×W×3 uint8
     paths: list[Path] | None = None
     decoded: list[np.ndarray] | None = None  # H×W×3 uint8 per image, when files were decoded once up front
+    refs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        if len(self.refs) != len(self.labels):
+            self.refs = np.arange(len(self.labels), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -585,6 +594,7 @@ class SampleSet:
             arrays=None if self.arrays is None else self.arrays[idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             decoded=None if self.decoded is None else [self.decoded[i] for i in idx],
+            refs=self.refs[idx],
         )
 
     def decode_all(self, max_side: int, budget_bytes: int) -> SampleSet:
@@ -607,7 +617,7 @@ class SampleSet:
             if used > budget_bytes:
                 return self
             decoded.append(array)
-        return SampleSet(labels=self.labels, paths=self.paths, decoded=decoded)
+        return SampleSet(labels=self.labels, paths=self.paths, decoded=decoded, refs=self.refs)
 
     def image(self, i: int) -> torch.Tensor:
         """Image i as a uint8 C×H×W tensor."""
@@ -620,11 +630,28 @@ class SampleSet:
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def load_splits(dataset_dir: Path) -> tuple[list[str], dict[str, SampleSet]]:
-    """Class names and the sample sets of every split a stored dataset has."""
-    manifest = read_manifest(dataset_dir)
+def ref_offsets(sizes: dict[str, int]) -> dict[str, int]:
+    """The ref of each split's first image: refs number a dataset's images split after split, in SPLIT_NAMES
+    order (train, val, test), each split in its manifest's order, so ref = offset of the split + position in it.
+    A stored dataset's manifest never changes, so neither do its refs."""
+    offsets: dict[str, int] = {}
+    start = 0
+    for split in sorted(sizes, key=lambda s: (SPLIT_NAMES.index(s) if s in SPLIT_NAMES else len(SPLIT_NAMES), s)):
+        offsets[split] = start
+        start += sizes[split]
+    return offsets
+
+
+def manifest_root(dataset_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The folder the manifest's files are named relative to."""
     root = Path(manifest["root"])
-    root = root if root.is_absolute() else dataset_dir / root
+    return root if root.is_absolute() else dataset_dir / root
+
+
+def load_splits(dataset_dir: Path) -> tuple[list[str], dict[str, SampleSet]]:
+    """Class names and the sample sets of every split a stored dataset has (each image with its ref)."""
+    manifest = read_manifest(dataset_dir)
+    root = manifest_root(dataset_dir, manifest)
     classes: list[str] = manifest["class_names"]
     splits: dict[str, SampleSet] = {}
     if manifest["format"] == "cifar10":
@@ -639,7 +666,17 @@ def load_splits(dataset_dir: Path) -> tuple[list[str], dict[str, SampleSet]]:
                 labels=np.asarray([label for _, label in rows], dtype=np.int64),
                 paths=[root / rel for rel, _ in rows],
             )
+    offsets = ref_offsets({split: len(samples) for split, samples in splits.items()})
+    for split, samples in splits.items():
+        samples.refs = offsets[split] + np.arange(len(samples), dtype=np.int64)
     return classes, splits
+
+
+def held_out(count: int, fraction: float) -> int:
+    """How many of a class's `count` training images stratified_split holds out for validation."""
+    if count < 2:
+        return 0
+    return min(max(int(round(count * fraction)), 1), count - 1)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -650,11 +687,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
         rng.shuffle(idx)
-        n_val = int(round(len(idx) * fraction))
-        if len(idx) >= 2:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        else:
-            n_val = 0
+        n_val = held_out(len(idx), fraction)
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))

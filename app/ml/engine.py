@@ -184,10 +184,11 @@ def evaluate(
     prep: Preprocessing,
     num_classes: int,
     should_stop: Callable[[], bool] = lambda: False,
+    keep_predictions: bool = False,
 ) -> MetricAccumulator:
-    """Loss, accuracy and confusion matrix of model over loader."""
+    """Loss, accuracy and confusion matrix of model over loader (and each image's prediction, when kept)."""
     model.eval()
-    acc = MetricAccumulator(num_classes)
+    acc = MetricAccumulator(num_classes, keep_predictions)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     for images, targets in loader:
         if should_stop():
@@ -277,11 +278,16 @@ def train_head_epoch(
 
 @torch.inference_mode()
 def evaluate_head(
-    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int = 1024
+    head: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    batch_size: int = 1024,
+    keep_predictions: bool = False,
 ) -> MetricAccumulator:
-    """Metrics of the head on cached features."""
+    """Metrics of the head on cached features (and each image's prediction, in order, when kept)."""
     head.eval()
-    acc = MetricAccumulator(num_classes)
+    acc = MetricAccumulator(num_classes, keep_predictions)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     for x, y in feature_batches(features, labels, batch_size, None):
         logits = head(x).float()

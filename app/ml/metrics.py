@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -14,12 +15,16 @@ class MetricAccumulator:
     batch to the host would make each CUDA evaluation step wait for the previous one.
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, keep_predictions: bool = False) -> None:
         self.num_classes = num_classes
         self.count = 0
         self._loss_sum: torch.Tensor | None = None
         self._top5_hits: torch.Tensor | None = None
         self._confusion: torch.Tensor | None = None
+        # With keep_predictions, each image's (true class, predicted class, predicted-class probability), in
+        # the order the batches came: what the confusion matrix counts, image by image.
+        self.keep_predictions = keep_predictions
+        self._kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor | float) -> None:
         """Add a batch: its logits, integer targets and the batch's summed (not mean) loss."""
@@ -29,7 +34,11 @@ class MetricAccumulator:
             self._confusion = torch.zeros(self.num_classes**2, dtype=torch.int64, device=logits.device)
             self._top5_hits = torch.zeros((), dtype=torch.int64, device=logits.device)
             self._loss_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
-        flat = targets * self.num_classes + logits.argmax(dim=1)
+        predicted = logits.argmax(dim=1)
+        if self.keep_predictions:
+            confidence = logits.softmax(dim=1).gather(1, predicted.unsqueeze(1)).squeeze(1)
+            self._kept.append((targets.clone(), predicted, confidence))
+        flat = targets * self.num_classes + predicted
         self._confusion += torch.bincount(flat, minlength=self.num_classes**2)
         if self.num_classes > 5:
             top5 = logits.topk(5, dim=1).indices
@@ -43,6 +52,14 @@ class MetricAccumulator:
         if self._confusion is None:
             return torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
         return self._confusion.cpu().view(self.num_classes, self.num_classes)
+
+    def predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(true classes int64, predicted classes int64, predicted-class probabilities float32) per image, in
+        the order seen (empty unless keep_predictions)."""
+        if not self._kept:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        true, predicted, confidence = (torch.cat(parts).cpu() for parts in zip(*self._kept, strict=True))
+        return true.long().numpy(), predicted.long().numpy(), confidence.float().numpy()
 
     @property
     def loss_sum(self) -> float:

@@ -27,7 +27,7 @@ from app.ml.data import (
     write_manifest,
 )
 from app.models import DEFAULT_PROJECT, Dataset, Job, JobStatus
-from app.services import audit, quotas
+from app.services import audit, predictions, quotas
 from app.services.archives import extract_archive, read_skipped_report, remove_tree, save_stream, shown
 
 NOT_AN_IMAGE = "not an image file"
@@ -295,6 +295,7 @@ def delete_dataset(session: Session, actor: Actor, dataset_id: uuid.UUID) -> Non
     if busy:
         raise Conflict(f"dataset {dataset_id} is used by {busy} queued or running job(s); cancel them first")
     folder = Path(dataset.path)
+    predictions.forget_dataset(session, dataset_id)  # finished jobs stay, but their refs named these images
     session.delete(dataset)
     session.flush()
     audit.record(session, actor, "dataset.delete", "dataset", dataset_id, {"name": dataset.name})

@@ -28,6 +28,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/datasets"): "read",
     ("GET", "/datasets/{dataset_id}"): "read",
     ("DELETE", "/datasets/{dataset_id}"): "train",
+    ("GET", "/datasets/{dataset_id}/samples"): "read",
+    ("GET", "/datasets/{dataset_id}/images/{ref}"): "read",
     ("POST", "/jobs"): "train",
     ("GET", "/jobs"): "read",
     ("GET", "/jobs/{job_id}"): "read",
@@ -37,6 +39,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/jobs/{job_id}/confusion.png"): "read",
     ("GET", "/jobs/{job_id}/curves.png"): "read",
     ("GET", "/jobs/{job_id}/events"): "read",
+    ("GET", "/jobs/{job_id}/confusion"): "read",
+    ("POST", "/jobs/estimate"): "train",
     ("GET", "/models"): "read",
     ("GET", "/models/{name}"): "read",
     ("POST", "/models/{name}/versions/{version}/promote"): "train",
@@ -71,6 +75,7 @@ def concrete(path: str) -> str:
         .replace("{version}", "1")
         .replace("{format}", "onnx")
         .replace("{alias}", "production")
+        .replace("{ref}", "0")
     )
 
 
@@ -88,6 +93,7 @@ def call(client, method: str, path: str, headers: dict[str, str] | None):
         return client.post(url, headers=headers, files={field: ("x.zip", b"PK\x05\x06" + b"\x00" * 18)})
     bodies = {
         "/jobs": {"dataset_id": str(uuid.uuid4())},
+        "/jobs/estimate": {"dataset_id": str(uuid.uuid4())},
         "/keys": {"name": "k", "scopes": ["read"]},
         "/datasets/register": {"path": "nothing-here"},
         "/models/{name}/versions/{version}/exports": {"format": "onnx"},

@@ -12,7 +12,7 @@ hooks.py     what fit() reports and asks its caller
 """
 
 from app.ml.trainer.fitting import fit
-from app.ml.trainer.hooks import BaseHooks, EpochReport, FitResult, TrainingHooks, TrainingState
+from app.ml.trainer.hooks import BaseHooks, EpochReport, FitResult, TrainingHooks, TrainingState, ValPredictions
 from app.ml.trainer.loaders import batches, make_loader
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "FitResult",
     "TrainingHooks",
     "TrainingState",
+    "ValPredictions",
     "batches",
     "fit",
     "make_loader",

@@ -21,11 +21,12 @@ from app.ml.config import TrainConfig
 from app.ml.data import SampleSet
 from app.ml.engine import DeviceSetup, evaluate, evaluate_head, train_head_epoch, train_one_epoch
 from app.ml.flops import forward_flops, peak_flops
+from app.ml.metrics import MetricAccumulator
 from app.ml.optim import class_weights, make_optimizer, make_scheduler, stage_depths
 from app.ml.strategies import STRATEGIES
 from app.ml.trainer.baseline import NOT_APPLICABLE, before_fine_tuning, features, probe_baseline, summaries
 from app.ml.trainer.context import TrainContext
-from app.ml.trainer.hooks import FitResult, TrainingHooks
+from app.ml.trainer.hooks import FitResult, TrainingHooks, ValPredictions
 from app.ml.trainer.loaders import batches, decoded_splits, loader_generators
 from app.ml.trainer.loop import run_epochs
 from app.ml.trainer.resume import Trainable
@@ -110,19 +111,28 @@ def fit_on_features(ctx: TrainContext) -> FitResult:
 
     test = splits.test
     test_f = features(ctx, test) if test is not None and len(test) else None
-    metrics = summaries(lambda f: evaluate_head(head, f[0], f[1], n), ctx.class_names, val=val_f, test=test_f)
+    metrics = summaries(lambda f: evaluate_head(head, f[0], f[1], n), ctx.class_names, test=test_f)
+    val = evaluate_head(head, val_f[0], val_f[1], n, keep_predictions=True) if val_f is not None else None
     baseline = NOT_APPLICABLE
     if cfg.weights != "none":
         baseline = probe_baseline(ctx, fresh_head, (train_x, train_y), val_f, test_f)
     return FitResult(
         progress.best_epoch,
-        metrics.get("val"),
+        val.summary(ctx.class_names) if val is not None else None,
         metrics.get("test"),
         progress.epochs_run,
         baseline,
         progress.stopped_early,
         resumed_from=progress.resumed_from,
+        val_predictions=val_predictions(val, splits.val),
     )
+
+
+def val_predictions(val: MetricAccumulator | None, samples: SampleSet | None) -> ValPredictions | None:
+    """The best weights' per-image validation predictions, numbered by the images' refs."""
+    if val is None or samples is None:
+        return None
+    return ValPredictions.of(val, samples.refs)
 
 
 def fine_tune(ctx: TrainContext) -> FitResult:
@@ -166,14 +176,15 @@ def fine_tune(ctx: TrainContext) -> FitResult:
 
     test = splits.test
     test_batches = batches(test, cfg, setup, False, prep.interpolation) if test is not None and len(test) else None
-    metrics = summaries(
-        lambda b: evaluate(runner, b, setup, prep, n), ctx.class_names, val=val_batches, test=test_batches
-    )
+    metrics = summaries(lambda b: evaluate(runner, b, setup, prep, n), ctx.class_names, test=test_batches)
+    # Validation batches come in the split's order (never shuffled), so prediction i is splits.val's image i.
+    val = evaluate(runner, val_batches, setup, prep, n, keep_predictions=True) if val_batches else None
     return FitResult(
         progress.best_epoch,
-        metrics.get("val"),
+        val.summary(ctx.class_names) if val is not None else None,
         metrics.get("test"),
         progress.epochs_run,
         stopped_early=progress.stopped_early,
         resumed_from=progress.resumed_from,
+        val_predictions=val_predictions(val, splits.val),
     )

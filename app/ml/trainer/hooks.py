@@ -6,8 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from app.ml.architectures.base import BuiltModel
 from app.ml.engine import EpochStats
+from app.ml.metrics import MetricAccumulator
 
 # The resumable state of a run at the end of an epoch: weights, optimizer, schedule, best so far, random streams.
 TrainingState = dict[str, Any]
@@ -27,6 +30,27 @@ class EpochReport:
 
 
 @dataclass
+class ValPredictions:
+    """The best weights' prediction for each validation image: the rows its confusion matrix counts."""
+
+    refs: np.ndarray  # int64: each image's stable number within its dataset (SampleSet.refs)
+    true: np.ndarray  # int64 class indices
+    predicted: np.ndarray  # int64 class indices
+    confidence: np.ndarray  # float32: the predicted class's softmax probability
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @classmethod
+    def of(cls, accumulator: MetricAccumulator, refs: np.ndarray) -> ValPredictions:
+        """From an evaluation that kept its predictions over images numbered refs, in the same order."""
+        true, predicted, confidence = accumulator.predictions()
+        if len(true) != len(refs):
+            raise ValueError(f"{len(true)} predictions for {len(refs)} validation images")
+        return cls(np.asarray(refs, dtype=np.int64), true, predicted, confidence)
+
+
+@dataclass
 class FitResult:
     best_epoch: int
     val_metrics: dict[str, Any] | None
@@ -36,6 +60,7 @@ class FitResult:
     stopped_early: bool = False
     flops_per_image: float | None = None
     resumed_from: int | None = None  # set when this run continued a checkpointed one after that epoch
+    val_predictions: ValPredictions | None = None  # per image, from the same pass as val_metrics
 
 
 class TrainingHooks(Protocol):
