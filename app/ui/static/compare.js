@@ -2,7 +2,7 @@
 
 import { api } from "./api.js";
 import { COLORS, lineChart } from "./charts.js";
-import { badge, clear, errorBox, h, pct, shortId, table, when } from "./dom.js";
+import { badge, clear, errorBox, h, pct, put, shortId, table, when } from "./dom.js";
 
 const METRICS = [
   ["val_accuracy", "Validation accuracy", { percent: true }],
@@ -84,7 +84,7 @@ export async function render(main, { query, signal }) {
     { empty: "No jobs yet." },
   );
 
-  main.append(
+  put(main, 
     h("h1", {}, "Compare jobs"),
     h("div", { class: "grid two charts" }, charts.map(([, c]) => c.el)),
     h("section", { class: "card" }, h("h2", {}, "Selected"), status, summary),

@@ -1,7 +1,7 @@
 // Datasets: drag-and-drop upload with a progress bar, the list, and one dataset's classes with thumbnails.
 
 import { BlobUrls, api, upload } from "./api.js";
-import { bytes, clear, dropZone, errorBox, h, nextId, progressBar, table, when } from "./dom.js";
+import { bytes, clear, dropZone, errorBox, h, nextId, progressBar, put, table, when } from "./dom.js";
 
 function uploadCard(onDone) {
   const nameId = nextId("name");
@@ -99,7 +99,7 @@ export async function list(main, { signal }) {
       if (err.name !== "AbortError") clear(listBox, h("h2", {}, "Datasets"), errorBox(err));
     }
   }
-  main.append(h("h1", {}, "Datasets"), uploadCard(refresh), listBox);
+  put(main, h("h1", {}, "Datasets"), uploadCard(refresh), listBox);
   await refresh();
 }
 
@@ -161,7 +161,7 @@ export async function detail(main, { params: [id], signal }) {
     }
   });
 
-  main.append(
+  put(main, 
     h("p", { class: "crumbs" }, h("a", { href: "#/datasets" }, "Datasets"), " / ", ds.name),
     h(
       "div",
@@ -172,7 +172,7 @@ export async function detail(main, { params: [id], signal }) {
     delStatus,
     h(
       "dl",
-      { class: "facts" },
+      { class: "facts card" },
       h("dt", {}, "Format"),
       h("dd", {}, `${ds.format} (${ds.source})`),
       h("dt", {}, "Images"),

@@ -23,6 +23,9 @@ export function append(el, children) {
   return el;
 }
 
+/** Append children to el, skipping null/false (the DOM's own append would write "null"). */
+export const put = (el, ...children) => append(el, children);
+
 export function clear(el, ...children) {
   el.replaceChildren();
   return append(el, children);

@@ -3,7 +3,7 @@
 
 import { BlobUrls, api, followEvents } from "./api.js";
 import { lineChart } from "./charts.js";
-import { badge, clear, duration, errorBox, h, num, pct, progressBar, shortId, table, when } from "./dom.js";
+import { badge, clear, duration, errorBox, h, num, pct, progressBar, put, shortId, table, when } from "./dom.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 const THUMBS_PER_PAGE = 24;
@@ -80,26 +80,25 @@ export async function render(main, { params: [id], signal }) {
   const progress = progressBar("Training progress");
   progress.el.id = "job-progress";
   const liveState = h("span", { class: "live muted" });
-  const facts = h("dl", { class: "facts" });
+  const facts = h("dl", { class: "facts wide" });
 
   function renderFacts() {
     const cfg = job.config || {};
+    const pair = (term, value) => h("div", {}, h("dt", {}, term), h("dd", {}, value));
     clear(
       facts,
-      h("dt", {}, "Model"),
-      h("dd", {}, job.model_version ? h("a", { href: `#/models/${job.model_name}` }, `${job.model_name} v${job.model_version}`) : job.model_name),
-      h("dt", {}, "Architecture"),
-      h("dd", {}, `${job.arch} (${job.weights}) · ${job.strategy}`),
-      h("dt", {}, "Training"),
-      h("dd", {}, `${cfg.epochs} epochs · batch ${cfg.batch_size} · lr ${cfg.learning_rate} · ${cfg.image_size} px`),
-      h("dt", {}, "Dataset"),
-      h("dd", {}, job.dataset_id ? h("a", { href: `#/datasets/${job.dataset_id}` }, shortId(job.dataset_id)) : "deleted"),
-      h("dt", {}, "Created"),
-      h("dd", {}, when(job.created_at)),
-      h("dt", {}, "Started"),
-      h("dd", {}, when(job.started_at)),
-      h("dt", {}, "Finished"),
-      h("dd", {}, when(job.finished_at)),
+      pair(
+        "Model",
+        job.model_version
+          ? h("a", { href: `#/models/${encodeURIComponent(job.model_name)}` }, `${job.model_name} v${job.model_version}`)
+          : job.model_name,
+      ),
+      pair("Architecture", `${job.arch} (${job.weights}) · ${job.strategy}`),
+      pair("Training", `${cfg.epochs} epochs · batch ${cfg.batch_size} · lr ${cfg.learning_rate} · ${cfg.image_size} px`),
+      pair("Dataset", job.dataset_id ? h("a", { href: `#/datasets/${job.dataset_id}` }, shortId(job.dataset_id)) : "deleted"),
+      pair("Created", when(job.created_at)),
+      pair("Started", when(job.started_at)),
+      pair("Finished", when(job.finished_at)),
     );
   }
 
@@ -140,10 +139,9 @@ export async function render(main, { params: [id], signal }) {
 
   // ---- results (after the job finished)
   const results = h("div", { class: "results" });
-  const cellImages = h("div", { class: "card", id: "cell-images", hidden: true });
+  const cellImages = h("div", { class: "cell-images", id: "cell-images" });
 
   async function showCell(t, p, names, offset = 0) {
-    cellImages.hidden = false;
     clear(cellImages, h("p", { class: "muted" }, "Loading images…"));
     try {
       const r = await api(`/jobs/${id}/confusion?true=${t}&predicted=${p}&limit=${THUMBS_PER_PAGE}&offset=${offset}`, { signal });
@@ -189,7 +187,6 @@ export async function render(main, { params: [id], signal }) {
     const tbl = h(
       "table",
       { class: "confusion", id: "confusion" },
-      h("caption", {}, "Rows: true class · columns: predicted class · click a cell for its images"),
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "true \\ predicted"), names.map((n) => h("th", { scope: "col" }, n)))),
       h(
         "tbody",
@@ -261,12 +258,24 @@ export async function render(main, { params: [id], signal }) {
       ),
       h(
         "section",
-        { class: "card" },
+        { class: "card", id: "confusion-card" },
         h("h2", {}, "Confusion matrix"),
-        job.status === "succeeded" ? confusionMatrix(val) : h("p", { class: "muted" }, "Available once the job succeeds."),
+        job.status === "succeeded"
+          ? h(
+              "div",
+              { class: "confusion-layout" },
+              h(
+                "div",
+                {},
+                h("p", { class: "muted small" }, "Rows: true class · columns: predicted · validation split. Click a cell for its images."),
+                confusionMatrix(val),
+              ),
+              cellImages,
+            )
+          : h("p", { class: "muted" }, "Available once the job succeeds."),
       ),
-      cellImages,
     );
+    clear(cellImages, h("p", { class: "muted" }, "Pick a cell to see the validation images it counts."));
   }
 
   function renderStatus() {
@@ -277,7 +286,7 @@ export async function render(main, { params: [id], signal }) {
     if (job.error) clear(actionStatus, errorBox({ code: "job_failed", message: job.error }));
   }
 
-  main.append(
+  put(main, 
     h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / ", shortId(id)),
     h(
       "div",
@@ -331,7 +340,7 @@ export async function render(main, { params: [id], signal }) {
         if (e.data.error) job.error = e.data.error;
         renderStatus();
         if (!ACTIVE.has(e.data.status) || e.data.status === "running") {
-          refreshing = refreshAll().catch((err) => err.name !== "AbortError" && main.append(errorBox(err)));
+          refreshing = refreshAll().catch((err) => err.name !== "AbortError" && put(main, errorBox(err)));
         }
       }
     },

@@ -1,7 +1,7 @@
 // Jobs: status, progress, best accuracy, started/finished; pick some to compare.
 
 import { api } from "./api.js";
-import { badge, clear, errorBox, h, pct, progressBar, shortId, table, when } from "./dom.js";
+import { badge, clear, errorBox, h, pct, progressBar, put, shortId, table, when } from "./dom.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 
@@ -76,7 +76,7 @@ export async function render(main, { signal }) {
     }
   }
 
-  main.append(
+  put(main, 
     h(
       "div",
       { class: "title-row" },

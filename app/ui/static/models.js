@@ -1,11 +1,11 @@
 // Models: versions, what serves, the pin and aliases; promote, unpin, rollback; exports and their reports.
 
 import { api } from "./api.js";
-import { badge, bytes, clear, errorBox, h, nextId, pct, shortId, table, when } from "./dom.js";
+import { badge, bytes, clear, errorBox, h, nextId, pct, put, shortId, table, when } from "./dom.js";
 
 export async function list(main, { signal }) {
   const models = await api("/models", { signal });
-  main.append(
+  put(main, 
     h("h1", {}, "Models"),
     h(
       "section",
@@ -144,6 +144,10 @@ export async function detail(main, { params: [name], signal }) {
     clear(
       body,
       h(
+        "section",
+        { class: "card" },
+        h("h2", {}, "Serving"),
+        h(
         "dl",
         { class: "facts" },
         h("dt", {}, "Serving"),
@@ -153,7 +157,7 @@ export async function detail(main, { params: [name], signal }) {
       ),
       h(
         "div",
-        { class: "actions" },
+        { class: "actions spaced" },
         m.pinned_version
           ? h("button", { type: "button", onclick: () => act(() => api(`${path}/pin`, { method: "DELETE" }), "Unpinned: the best version serves.") }, "Unpin")
           : null,
@@ -162,6 +166,7 @@ export async function detail(main, { params: [name], signal }) {
           { type: "button", onclick: () => act(() => api(`${path}/rollback`, { method: "POST", json: {} }), "The pin is back at its previous value.") },
           "Roll back the pin",
         ),
+      ),
       ),
       h("section", { class: "card" }, h("h2", {}, "Versions"),
         table(
@@ -242,6 +247,6 @@ export async function detail(main, { params: [name], signal }) {
     );
   }
 
-  main.append(h("p", { class: "crumbs" }, h("a", { href: "#/models" }, "Models"), " / ", name), h("h1", {}, name), status, body);
+  put(main, h("p", { class: "crumbs" }, h("a", { href: "#/models" }, "Models"), " / ", name), h("h1", {}, name), status, body);
   await refresh();
 }

@@ -1,7 +1,7 @@
 // New job: a form generated from the JobCreate schema of /openapi.json, presets and a time estimate.
 
 import { api } from "./api.js";
-import { clear, duration, errorBox, h, nextId } from "./dom.js";
+import { clear, duration, errorBox, h, nextId, put } from "./dom.js";
 
 // Values from the README: the quick linear probe, and its "CPU recipe above 90%" (LP-FT with `partial`).
 export const PRESETS = {
@@ -198,7 +198,7 @@ export async function render(main, { query, signal }) {
       if (seq !== estimateSeq) return;
       clear(
         estimateBox,
-        h("p", { class: "big" }, e.seconds === null ? "no estimate yet" : `≈ ${duration(e.seconds)}`),
+        e.seconds === null ? h("p", { class: "strong" }, "No estimate yet") : h("p", { class: "big" }, `≈ ${duration(e.seconds)}`),
         h(
           "p",
           { class: "muted" },
@@ -268,7 +268,7 @@ export async function render(main, { query, signal }) {
 
   reset();
   if (query.get("dataset")) controls.dataset_id.write(query.get("dataset"));
-  main.append(h("h1", {}, "New job"), form);
+  put(main, h("h1", {}, "New job"), form);
   estimateSoon();
   return () => clearTimeout(estimateTimer);
 }

@@ -1,7 +1,7 @@
 // Predict: drop images, see each one's top-k as bars.
 
 import { api } from "./api.js";
-import { clear, dropZone, errorBox, h, nextId, pct } from "./dom.js";
+import { clear, dropZone, errorBox, h, nextId, pct, put } from "./dom.js";
 
 export async function render(main, { signal }) {
   const models = await api("/models", { signal });
@@ -76,7 +76,7 @@ export async function render(main, { signal }) {
     onFiles: classify,
   });
   zone.el.id = "predict-drop";
-  main.append(
+  put(main, 
     h("h1", {}, "Predict"),
     h(
       "section",
