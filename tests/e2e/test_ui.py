@@ -91,19 +91,11 @@ class Browser:
         )
         return self.driver.find_element(By.ID, found[0].get_attribute("for"))
 
-    def screenshot(self, name: str, full_page: bool = False) -> None:
-        """A PNG of the window (or, with full_page, of the whole page at the window's width)."""
-        size = self.driver.get_window_size()
-        if full_page:
-            height = self.driver.execute_script("return document.documentElement.scrollHeight")
-            self.driver.set_window_size(size["width"], min(int(height) + 120, 4000))
-        try:
-            for folder in self.shots:
-                folder.mkdir(parents=True, exist_ok=True)
-                self.driver.save_screenshot(str(folder / f"{name}.png"))
-        finally:
-            if full_page:
-                self.driver.set_window_size(size["width"], size["height"])
+    def screenshot(self, name: str) -> None:
+        """A PNG of the window."""
+        for folder in self.shots:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.driver.save_screenshot(str(folder / f"{name}.png"))
 
     def screenshot_of(self, name: str, selector: str) -> None:
         """A PNG of one element (scrolled into view)."""
@@ -256,7 +248,6 @@ def test_dashboard_end_to_end(service: tuple[str, str], browser: Browser, tmp_pa
     assert before_after.startswith("Accuracy") and "—" not in before_after, before_after
     b.driver.execute_script("window.scrollTo(0, 0)")
     b.screenshot("job")
-    b.screenshot("job-full", full_page=True)
 
     # A confusion-matrix cell opens that (true, predicted) pair's validation images.
     cells = b.all("#confusion .cell")
@@ -281,6 +272,9 @@ def test_dashboard_end_to_end(service: tuple[str, str], browser: Browser, tmp_pa
     # Compare overlays the job's curves.
     b.go(f"#/compare?ids={job_id}")
     wait_for("the comparison", lambda: job_id[:8] in b.css("main .card table").text)
+    b.go("#/jobs")
+    wait_for("the jobs list", lambda: "succeeded" in b.css("main table").text)
+    b.screenshot("jobs")
 
     # Promote the version (a pin): the model page says so and marks it pinned.
     b.go("#/models/pets")
