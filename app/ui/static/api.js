@@ -1,7 +1,7 @@
 // The public JSON API with the signed-in key: fetch with `Authorization: Bearer`, uploads with progress,
 // thumbnails as blob: URLs and a job's Server-Sent Events read through fetch (EventSource cannot send headers).
 
-export const ROOT = document.body.dataset.root || "";
+export const ROOT = globalThis.document?.body?.dataset.root || ""; // (no document: the Node test of the parser)
 const KEY = "visiontune.apiKey"; // sessionStorage: this tab only, gone when it closes; never a cookie or URL
 
 export const getKey = () => sessionStorage.getItem(KEY);
