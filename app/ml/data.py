@@ -581,8 +581,10 @@ class SampleSet:
     refs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
-        if len(self.refs) != len(self.labels):
+        if len(self.refs) == 0 and len(self.labels):
             self.refs = np.arange(len(self.labels), dtype=np.int64)
+        elif len(self.refs) != len(self.labels):
+            raise ValueError(f"{len(self.refs)} refs for {len(self.labels)} images")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -102,9 +102,13 @@ class DatasetImages:
             for name, count in self._files[split]:
                 if position < count:
                     images, _ = _read_batch(self.root / name, len(self.class_names))
+                    if position >= len(images):  # the batch changed since it was indexed
+                        raise ImageGone(f"image {ref} is missing from {name}")
                     img = Image.fromarray(images[position])
                     break
                 position -= count
+            else:
+                raise ImageGone(f"image {ref} is missing")
         else:
             path = self.root / self._paths[split][position]
             try:

@@ -52,10 +52,11 @@ def _server_tflops(session: Session) -> tuple[float, int] | None:
         .order_by(Epoch.created_at.desc())
         .limit(HISTORY_EPOCHS)
     ).all()
-    seconds = sum(s for _, s in rows)
-    if not rows or seconds <= 0:
+    measured = [(t, s) for t, s in rows if t is not None]
+    seconds = sum(s for _, s in measured)
+    if not measured or seconds <= 0:
         return None
-    return sum(t * s for t, s in rows) / seconds, len(rows)
+    return sum(t * s for t, s in measured) / seconds, len(measured)
 
 
 def estimate_job(session: Session, settings: Settings, actor: Actor, req: JobCreate) -> JobEstimate:

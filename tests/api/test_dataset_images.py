@@ -1,0 +1,138 @@
+"""GET /datasets/{id}/samples and /datasets/{id}/images/{ref} in-process: refs name the dataset's own images
+(ImageFolder and CIFAR batches), thumbnails decode with the right size and headers, and bad input is a 4xx."""
+
+from __future__ import annotations
+
+import io
+import uuid
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.factories import CIFAR_DIR, cifar_arrays, cifar_python_archive, png_bytes
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def thumbnail(client, dataset_id: str, ref: int, **params) -> Image.Image:
+    r = client.get(f"/datasets/{dataset_id}/images/{ref}", params=params)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/jpeg"
+    assert r.headers["cache-control"] == "private, max-age=86400"
+    img = Image.open(io.BytesIO(r.content))
+    img.load()
+    return img
+
+
+def test_samples_are_spread_over_each_class_and_the_same_every_time(client, dataset_id):
+    r = client.get(f"/datasets/{dataset_id}/samples", params={"per_class": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dataset_id"] == dataset_id and body["split"] == "train" and body["per_class"] == 5
+    assert [(c["index"], c["name"], c["count"]) for c in body["classes"]] == [
+        (0, "blue", 12),
+        (1, "green", 12),
+        (2, "red", 12),
+    ]
+    # The manifest lists train images class by class: class i's refs are 12 i .. 12 i + 11, five spread over them.
+    assert [c["samples"] for c in body["classes"]] == [[0, 3, 6, 8, 11], [12, 15, 18, 20, 23], [24, 27, 30, 32, 35]]
+    assert client.get(f"/datasets/{dataset_id}/samples", params={"per_class": 5}).json() == body
+    default = client.get(f"/datasets/{dataset_id}/samples").json()
+    assert all(len(c["samples"]) == 4 for c in default["classes"])
+
+
+def test_thumbnails_show_the_image_their_ref_names(client, dataset_id):
+    samples = client.get(f"/datasets/{dataset_id}/samples", params={"per_class": 16}).json()
+    channel = {"red": 0, "green": 1, "blue": 2}  # the colour each class's generated images are
+    for c in samples["classes"]:
+        for ref in c["samples"][:3]:
+            img = thumbnail(client, dataset_id, ref)
+            assert img.size == (16, 16)  # a 16 px image is never enlarged
+            means = np.asarray(img, dtype=np.float64).mean(axis=(0, 1))
+            assert int(means.argmax()) == channel[c["name"]]
+    assert thumbnail(client, dataset_id, 0, size=16).size == (16, 16)
+
+
+def test_large_images_are_shrunk_to_the_size_asked(client, tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "big.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for cls in ("a", "b"):
+            for i in range(2):
+                zf.writestr(f"{cls}/{i}.png", png_bytes(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)))
+    r = client.post("/datasets", files={"file": ("big.zip", path.read_bytes())})
+    assert r.status_code == 201, r.text
+    ds = r.json()["id"]
+    assert thumbnail(client, ds, 3, size=64).size == (64, 43)
+    assert thumbnail(client, ds, 0).size == (96, 64)
+    assert thumbnail(client, ds, 1, size=256).size == (256, 171)
+
+
+def test_cifar_refs_run_through_the_train_batches_then_the_test_batch(client, tmp_path):
+    archive = cifar_python_archive(tmp_path / "c.zip", batches=("data_batch_1", "test_batch"))
+    r = client.post("/datasets", files={"file": ("c.zip", archive.read_bytes())})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    train, train_labels, names = cifar_arrays("data_batch_1")
+    test, test_labels, _ = cifar_arrays("test_batch")
+
+    body = client.get(f"/datasets/{ds['id']}/samples", params={"split": "test", "per_class": 2}).json()
+    assert [c["name"] for c in body["classes"]] == names
+    assert [c["count"] for c in body["classes"]] == [int((test_labels == i).sum()) for i in range(len(names))]
+    assert {c["name"]: c["count"] for c in body["classes"]} == ds["split_counts"]["test"]
+    for c in body["classes"]:
+        for ref in c["samples"]:
+            position = ref - len(train)  # the test split's refs follow the train split's
+            assert test_labels[position] == c["index"]
+            pixels = np.asarray(thumbnail(client, ds["id"], ref, size=32), dtype=np.int16)
+            assert np.abs(pixels - test[position]).mean() < 8  # the same picture, through JPEG
+
+    first = client.get(f"/datasets/{ds['id']}/samples").json()["classes"][0]["samples"][0]
+    assert train_labels[first] == 0
+    assert thumbnail(client, ds["id"], first, size=16).size == (16, 16)
+    last = len(train) + len(test) - 1
+    assert thumbnail(client, ds["id"], last).size == (32, 32)
+    r = client.get(f"/datasets/{ds['id']}/images/{last + 1}")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert CIFAR_DIR.is_dir()
+
+
+def test_bad_input_and_other_projects(client, dataset_id):
+    base = f"/datasets/{dataset_id}"
+    for path, params in [
+        (f"{base}/samples", {"per_class": 0}),
+        (f"{base}/samples", {"per_class": 17}),
+        (f"{base}/samples", {"split": "test"}),  # this dataset has a train split only
+        (f"{base}/samples", {"split": "x" * 100}),
+        (f"{base}/images/0", {"size": 15}),
+        (f"{base}/images/0", {"size": 257}),
+        (f"{base}/images/-1", {}),
+        (f"{base}/images/abc", {}),
+        (f"{base}/images/{2**31}", {}),
+        ("/datasets/not-a-uuid/samples", {}),
+    ]:
+        r = client.get(path, params=params)
+        assert r.status_code == 422, (path, params, r.text)
+        assert r.json()["error"]["code"]
+    assert "train" in client.get(f"{base}/samples", params={"split": "test"}).json()["error"]["message"]
+    r = client.get(f"{base}/images/36")
+    assert r.status_code == 404 and "0..35" in r.json()["error"]["message"]
+    assert client.get(f"{base}/images/..%2F..%2Fmanifest.json").status_code in (404, 422)
+
+    key = client.post("/keys", json={"name": "o", "scopes": ["read"], "project": f"o-{uuid.uuid4().hex[:8]}"})
+    other = {"Authorization": f"Bearer {key.json()['key']}"}
+    for path in (f"{base}/samples", f"{base}/images/0", f"/datasets/{uuid.uuid4()}/images/0"):
+        r = client.get(path, headers=other)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_an_image_removed_from_disk_is_404_not_500(client, dataset_id, settings):
+    samples = client.get(f"/datasets/{dataset_id}/samples").json()
+    ref = samples["classes"][0]["samples"][0]
+    for f in (settings.datasets_dir / dataset_id).rglob("*.png"):
+        f.unlink()
+    r = client.get(f"/datasets/{dataset_id}/images/{ref}")
+    assert r.status_code == 404 and "missing" in r.json()["error"]["message"]
+    assert str(settings.datasets_dir) not in r.text
