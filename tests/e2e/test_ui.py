@@ -281,6 +281,13 @@ def test_dashboard_end_to_end(service: tuple[str, str], browser: Browser, tmp_pa
     b.visible("button.promote").click()
     assert "v1 is pinned" in b.visible("#model-status .ok").text
     wait_for("the pin", lambda: "pinned" in b.css("main table").text)
+    # An export of the version, made and verified by the worker, with its verification report.
+    b.css("button[aria-label='exports of v1']").click()
+    Select(b.field("Format")).select_by_value("onnx")
+    b.visible(".card.inset button").click()
+    wait_for("the export to be verified", lambda: verified(b), deadline_s=120, interval=0.5)
+    report = b.css(".export table").text
+    assert "val" in report and "yes" in report, report
     b.screenshot("models")
     b.check_console("the models page")
 
@@ -310,6 +317,16 @@ def test_dashboard_end_to_end(service: tuple[str, str], browser: Browser, tmp_pa
     b.visible("form.signin")
     assert b.driver.execute_script("return sessionStorage.length") == 0
     b.check_console("sign-out")
+
+
+def verified(b: Browser) -> bool:
+    """Reopen the exports panel (it is read when opened) until the export is verified."""
+    text = " ".join(e.text for e in b.all(".export h4"))
+    if "verified" in text:
+        return True
+    assert "failed" not in text and "rejected" not in text, b.css(".exports").text
+    b.css("button[aria-label='exports of v1']").click()
+    return False
 
 
 def image_loaded(b: Browser, img: WebElement) -> bool:
