@@ -305,7 +305,20 @@ export async function render(main, { params: [id], signal }) {
   updateCount();
   renderResults();
 
+  // A replayed history arrives as a burst: draw once per frame, not once per event.
+  let frame = 0;
+  function scheduleRender() {
+    if (frame) return;
+    frame = requestAnimationFrame(() => {
+      frame = 0;
+      renderProgress();
+      renderCurves();
+      updateCount();
+    });
+  }
+
   let refreshing = null;
+  const finishedAtOpen = !ACTIVE.has(job.status);
   async function refreshAll() {
     job = await api(`/jobs/${id}`, { signal });
     metrics = await api(`/jobs/${id}/metrics`, { signal });
@@ -327,15 +340,12 @@ export async function render(main, { params: [id], signal }) {
         lastProgress = e.data;
         if (job.status === "queued") job.status = "running";
         stepLoss.push({ x: e.data.epoch - 1 + e.data.step / e.data.steps, y: e.data.loss });
-        renderProgress();
-        renderCurves();
-        updateCount();
+        scheduleRender();
       } else if (e.type === "epoch") {
         epochs.set(e.data.epoch, { ...epochs.get(e.data.epoch), ...e.data });
-        renderProgress();
-        renderCurves();
-        updateCount();
+        scheduleRender();
       } else if (e.type === "status") {
+        if (finishedAtOpen) return; // a finished job's replayed history: the page already shows its outcome
         job.status = e.data.status;
         if (e.data.error) job.error = e.data.error;
         renderStatus();
@@ -347,6 +357,7 @@ export async function render(main, { params: [id], signal }) {
   });
 
   return () => {
+    cancelAnimationFrame(frame);
     thumbs.revoke();
     for (const c of [lossChart, accChart, lrChart]) c.destroy();
     return refreshing;

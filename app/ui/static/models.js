@@ -145,28 +145,33 @@ export async function detail(main, { params: [name], signal }) {
       body,
       h(
         "section",
-        { class: "card" },
-        h("h2", {}, "Serving"),
+        { class: "card title-row" },
         h(
-        "dl",
-        { class: "facts" },
-        h("dt", {}, "Serving"),
-        h("dd", {}, m.serving_version ? `v${m.serving_version}` : "nothing yet"),
-        h("dt", {}, "Pinned"),
-        h("dd", {}, m.pinned_version ? `v${m.pinned_version}${m.pinned_backend ? ` (${m.pinned_backend})` : ""}` : "no pin: the best version serves"),
-      ),
-      h(
-        "div",
-        { class: "actions spaced" },
-        m.pinned_version
-          ? h("button", { type: "button", onclick: () => act(() => api(`${path}/pin`, { method: "DELETE" }), "Unpinned: the best version serves.") }, "Unpin")
-          : null,
-        h(
-          "button",
-          { type: "button", onclick: () => act(() => api(`${path}/rollback`, { method: "POST", json: {} }), "The pin is back at its previous value.") },
-          "Roll back the pin",
+          "div",
+          {},
+          h("h2", {}, "Serving"),
+          h(
+            "p",
+            { class: "serving-line" },
+            m.serving_version ? h("strong", {}, `v${m.serving_version} serves`) : "nothing serves yet",
+            " · ",
+            m.pinned_version
+              ? `pinned to v${m.pinned_version}${m.pinned_backend ? ` (${m.pinned_backend})` : ""}`
+              : "no pin: the best version serves",
+          ),
         ),
-      ),
+        h(
+          "div",
+          { class: "actions" },
+          m.pinned_version
+            ? h("button", { type: "button", onclick: () => act(() => api(`${path}/pin`, { method: "DELETE" }), "Unpinned: the best version serves.") }, "Unpin")
+            : null,
+          h(
+            "button",
+            { type: "button", onclick: () => act(() => api(`${path}/rollback`, { method: "POST", json: {} }), "The pin is back at its previous value.") },
+            "Roll back the pin",
+          ),
+        ),
       ),
       h("section", { class: "card" }, h("h2", {}, "Versions"),
         table(

@@ -58,7 +58,7 @@ function control(name, prop, datasets) {
   const [schema, nullable] = unwrap(prop);
   const help = prop.description ? h("small", { id: `${id}-help`, class: "help" }, prop.description) : null;
   const describedBy = help ? `${id}-help` : undefined;
-  const label = h("label", { for: id }, title(name, prop));
+  const label = h("label", { for: id }, name === "dataset_id" ? "Dataset" : title(name, prop));
   let input;
   let read;
   let write;
