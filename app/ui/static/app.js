@@ -103,11 +103,7 @@ function signInPage(message) {
 }
 
 async function route() {
-  if (current) {
-    current.controller.abort();
-    if (typeof current.cleanup === "function") current.cleanup();
-    current = null;
-  }
+  leavePage();
   const { path, query } = parseHash();
   if (!getKey() || path === "signin") {
     signInPage();
@@ -135,14 +131,22 @@ async function route() {
     if (current && current.controller === controller) current.cleanup = cleanup;
     else if (typeof cleanup === "function") cleanup();
   } catch (err) {
-    if (err.name === "AbortError" || controller.signal.aborted) return;
+    if (err.name === "AbortError" || controller.signal.aborted || err.status === 401) return;
     main.append(errorBox(err));
   }
 }
 
+function leavePage() {
+  if (!current) return;
+  current.controller.abort();
+  if (typeof current.cleanup === "function") current.cleanup();
+  current = null;
+}
+
 setUnauthorizedHandler((err) => {
+  leavePage(); // a revoked or expired key: stop the page's requests and streams, ask for a key again
   clearKey();
-  signInPage(new ApiError(401, err.code, `Signed out: ${err.message}`));
+  signInPage(new ApiError(401, err.code, `The server refused the key (${err.message}). Sign in again.`));
 });
 
 signOut.addEventListener("click", () => {
