@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.factories import CIFAR_DIR, cifar_arrays, cifar_python_archive, png_bytes
+from tests.factories import CIFAR_DIR, cifar_arrays, cifar_python_archive, color_images_zip, png_bytes
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -136,3 +136,28 @@ def test_an_image_removed_from_disk_is_404_not_500(client, dataset_id, settings)
     r = client.get(f"/datasets/{dataset_id}/images/{ref}")
     assert r.status_code == 404 and "missing" in r.json()["error"]["message"]
     assert str(settings.datasets_dir) not in r.text
+
+
+def test_imagefolder_splits_are_numbered_train_then_val_then_test(client, tmp_path):
+    layout = {"test/green": 1, "test/red": 1, "train/green": 4, "train/red": 4, "val/green": 2, "val/red": 2}
+    path = color_images_zip(tmp_path / "splits.zip", layout, size=20)
+    r = client.post("/datasets", files={"file": ("splits.zip", path.read_bytes())})
+    assert r.status_code == 201, r.text
+    ds = r.json()["id"]
+    refs = {}
+    for split in ("train", "val", "test"):
+        body = client.get(f"/datasets/{ds}/samples", params={"split": split, "per_class": 16}).json()
+        refs[split] = {c["name"]: c["samples"] for c in body["classes"]}
+    assert refs == {
+        "train": {"green": [0, 1, 2, 3], "red": [4, 5, 6, 7]},
+        "val": {"green": [8, 9], "red": [10, 11]},
+        "test": {"green": [12], "red": [13]},
+    }
+    # color_images_zip colours the n-th folder of its layout with channel n % 3: test/green and train/red are
+    # red (0), test/red and val/green green (1), train/green and val/red blue (2).
+    colour = {("test", "green"): 0, ("test", "red"): 1, ("train", "green"): 2, ("train", "red"): 0}
+    colour |= {("val", "green"): 1, ("val", "red"): 2}
+    for (split, name), channel in colour.items():
+        for ref in refs[split][name]:
+            means = np.asarray(thumbnail(client, ds, ref), dtype=np.float64).mean(axis=(0, 1))
+            assert int(means.argmax()) == channel, (split, name, ref)

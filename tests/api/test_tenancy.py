@@ -78,6 +78,9 @@ def test_projects_are_isolated(client, runner, enqueued, tmp_path):
         ("GET", f"/jobs/{job}/metrics"),
         ("GET", f"/jobs/{job}/confusion.png?split=val"),
         ("GET", f"/jobs/{job}/curves.png"),
+        ("GET", f"/jobs/{job}/confusion?true=0&predicted=1"),
+        ("GET", f"/datasets/{a_data['id']}/samples"),
+        ("GET", f"/datasets/{a_data['id']}/images/0"),
         ("POST", f"/jobs/{job}/cancel"),
         ("DELETE", f"/jobs/{job}"),
         ("GET", "/models/shared"),
@@ -87,8 +90,9 @@ def test_projects_are_isolated(client, runner, enqueued, tmp_path):
         r = anon.request(method, path, headers=b)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
         assert a_data["id"] not in r.text or "does not exist" in r.text
-    r = anon.post("/jobs", json=tiny_job(a_data["id"]), headers=b)
-    assert r.status_code == 422 and "does not exist" in r.json()["error"]["message"]
+    for route in ("/jobs", "/jobs/estimate"):
+        r = anon.post(route, json=tiny_job(a_data["id"]), headers=b)
+        assert r.status_code == 422 and "does not exist" in r.json()["error"]["message"]
     # /predict without a model of its own: B has none, A's is not offered.
     files = [("files", ("red.png", io.BytesIO(red_image()), "image/png"))]
     r = anon.post("/predict", files=files, data={"model": "shared"}, headers=b)

@@ -15,7 +15,7 @@ from app.db import session_scope
 from app.ml.trainer import ValPredictions
 from app.models import ValPrediction
 from app.services import predictions
-from tests.factories import tiny_job
+from tests.factories import color_images_zip, tiny_job
 from tests.worker.test_durability import CrashAfter, SimulatedCrash, reap_and_release
 from worker.runner import JobRunner
 
@@ -42,12 +42,15 @@ def stored(factory, job_id: str) -> list[tuple[int, int, int, float]]:
 
 
 def dataset_labels(client, dataset_id: str) -> dict[int, int]:
-    """ref -> class index of every train image, through GET /datasets/{id}/samples (all of each class)."""
-    r = client.get(f"/datasets/{dataset_id}/samples", params={"per_class": 16})
-    assert r.status_code == 200, r.text
-    classes = r.json()["classes"]
-    assert all(c["count"] <= 16 for c in classes)  # so the samples are every image of the class
-    return {ref: c["index"] for c in classes for ref in c["samples"]}
+    """ref -> class index of every image, through GET /datasets/{id}/samples (all of each class, every split)."""
+    labels = {}
+    for split in client.get(f"/datasets/{dataset_id}").json()["split_counts"]:
+        r = client.get(f"/datasets/{dataset_id}/samples", params={"per_class": 16, "split": split})
+        assert r.status_code == 200, r.text
+        classes = r.json()["classes"]
+        assert all(c["count"] <= 16 for c in classes)  # so the samples are every image of the class
+        labels |= {ref: c["index"] for c in classes for ref in c["samples"]}
+    return labels
 
 
 def check_against_confusion_matrix(client, factory, job_id: str, dataset_id: str) -> None:
@@ -99,6 +102,19 @@ def test_a_finished_job_stores_one_prediction_per_val_image(client, settings, fa
     r = client.get(f"/jobs/{job_id}/confusion", params={"true": 0, "predicted": 0}, headers=other)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert client.get(f"/jobs/{uuid.uuid4()}/confusion", params={"true": 0, "predicted": 0}).status_code == 404
+
+
+@ON_SQLITE
+def test_a_datasets_own_val_split_is_what_is_recorded(client, settings, factory, tmp_path):
+    layout = {"train/green": 8, "train/red": 8, "val/green": 3, "val/red": 3, "test/green": 2, "test/red": 2}
+    path = color_images_zip(tmp_path / "splits.zip", layout, size=16)
+    r = client.post("/datasets", files={"file": ("splits.zip", path.read_bytes())})
+    assert r.status_code == 201, r.text
+    dataset_id = r.json()["id"]
+    job_id = submit(client, dataset_id, strategy="linear", augmentation="none")
+    assert JobRunner(settings, factory).run(uuid.UUID(job_id)) == "succeeded"
+    check_against_confusion_matrix(client, factory, job_id, dataset_id)
+    assert [ref for ref, *_ in stored(factory, job_id)] == list(range(16, 22))  # val follows train's 16 images
 
 
 @ON_SQLITE
