@@ -203,7 +203,7 @@ export async function detail(main, { params: [id], signal }) {
           h("h2", {}, `Left out (${ds.invalid_files.length})`),
           table(
             [
-              { label: "File", cell: (f) => f.path || f.file || f.name || JSON.stringify(f) },
+              { label: "File", cell: (f) => f.file ?? JSON.stringify(f) },
               { label: "Reason", cell: (f) => f.reason || "" },
             ],
             ds.invalid_files.slice(0, 200),

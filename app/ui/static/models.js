@@ -22,7 +22,10 @@ export async function list(main, { signal }) {
           { label: "Versions", cell: (m) => m.versions.length, class: "num" },
           {
             label: "Best val acc.",
-            cell: (m) => pct(Math.max(...m.versions.map((v) => v.val_accuracy ?? -1)) >= 0 ? Math.max(...m.versions.map((v) => v.val_accuracy ?? -1)) : null),
+            cell: (m) => {
+              const accs = m.versions.map((v) => v.val_accuracy).filter((a) => a !== null && a !== undefined);
+              return pct(accs.length ? Math.max(...accs) : null);
+            },
             class: "num",
           },
         ],
@@ -116,6 +119,10 @@ export async function detail(main, { params: [name], signal }) {
     }
   }
 
+  /** A button that runs an API call, then says `done` and reloads the page's data (or shows the error). */
+  const button = (text, call, done, attrs = {}) =>
+    h("button", { type: "button", ...attrs, onclick: () => act(call, done) }, text);
+
   async function refresh() {
     const [m, hist] = await Promise.all([api(path, { signal }), api(`${path}/history?limit=10`, { signal })]);
     const exportsSlot = h("div", {});
@@ -164,12 +171,12 @@ export async function detail(main, { params: [name], signal }) {
           "div",
           { class: "actions" },
           m.pinned_version
-            ? h("button", { type: "button", onclick: () => act(() => api(`${path}/pin`, { method: "DELETE" }), "Unpinned: the best version serves.") }, "Unpin")
+            ? button("Unpin", () => api(`${path}/pin`, { method: "DELETE" }), "Unpinned: the best version serves.")
             : null,
-          h(
-            "button",
-            { type: "button", onclick: () => act(() => api(`${path}/rollback`, { method: "POST", json: {} }), "The pin is back at its previous value.") },
+          button(
             "Roll back the pin",
+            () => api(`${path}/rollback`, { method: "POST", json: {} }),
+            "The pin is back at its previous value.",
           ),
         ),
       ),
@@ -177,7 +184,16 @@ export async function detail(main, { params: [name], signal }) {
         table(
           [
             { label: "Version", cell: (v) => `v${v.version}` },
-            { label: "State", cell: (v) => [v.serving ? h("span", { class: "tag serving" }, "serving") : null, v.version === m.pinned_version ? h("span", { class: "tag" }, "pinned") : null, ...Object.entries(m.aliases || {}).filter(([, x]) => x === v.version).map(([a]) => h("span", { class: "tag" }, a))] },
+            {
+              label: "State",
+              cell: (v) => [
+                v.serving ? h("span", { class: "tag serving" }, "serving") : null,
+                v.version === m.pinned_version ? h("span", { class: "tag" }, "pinned") : null,
+                ...Object.entries(m.aliases || {})
+                  .filter(([, x]) => x === v.version)
+                  .map(([a]) => h("span", { class: "tag" }, a)),
+              ],
+            },
             { label: "Architecture", cell: (v) => v.arch },
             { label: "Val acc.", cell: (v) => pct(v.val_accuracy), class: "num" },
             { label: "Test acc.", cell: (v) => pct(v.test_accuracy), class: "num" },
@@ -189,12 +205,12 @@ export async function detail(main, { params: [name], signal }) {
                 h(
                   "div",
                   { class: "actions" },
-                  h("button", {
-                    type: "button",
-                    class: "promote",
-                    "aria-label": `promote v${v.version}`,
-                    onclick: () => act(() => api(`${path}/versions/${v.version}/promote`, { method: "POST" }), `v${v.version} is pinned and serves.`),
-                  }, "Promote"),
+                  button(
+                    "Promote",
+                    () => api(`${path}/versions/${v.version}/promote`, { method: "POST" }),
+                    `v${v.version} is pinned and serves.`,
+                    { class: "promote", "aria-label": `promote v${v.version}` },
+                  ),
                   h("button", {
                     type: "button",
                     "aria-label": `exports of v${v.version}`,
@@ -223,8 +239,13 @@ export async function detail(main, { params: [name], signal }) {
                 h(
                   "div",
                   { class: "actions" },
-                  h("button", { type: "button", onclick: () => act(() => api(`${path}/rollback`, { method: "POST", json: { alias: a } }), `${a} rolled back.`) }, "Roll back"),
-                  h("button", { type: "button", class: "danger", onclick: () => act(() => api(`${path}/aliases/${encodeURIComponent(a)}`, { method: "DELETE" }), `${a} removed.`) }, "Remove"),
+                  button("Roll back", () => api(`${path}/rollback`, { method: "POST", json: { alias: a } }), `${a} rolled back.`),
+                  button(
+                    "Remove",
+                    () => api(`${path}/aliases/${encodeURIComponent(a)}`, { method: "DELETE" }),
+                    `${a} removed.`,
+                    { class: "danger" },
+                  ),
                 ),
             },
           ],
