@@ -1,4 +1,11 @@
 # visiontune on a CUDA PyTorch base: the same image runs the API, the migration and the GPU workers.
+# The /ui dashboard's JavaScript comes from npm, pinned by app/ui/package-lock.json: `npm ci` in a Node stage, and
+# only the one file the API serves is copied into the image (nothing is built).
+FROM node:20-bookworm-slim AS ui-vendor
+WORKDIR /ui
+COPY app/ui/package.json app/ui/package-lock.json ./
+RUN npm ci --no-audit --no-fund --ignore-scripts
+
 FROM pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
 # torch 2.10.0 + torchvision 0.25.0, the first pair past CVE-2026-24747 (torch.load(weights_only=True) memory
 # corruption) and CVE-2025-32434; Docker Hub tag of PyTorch's release images (<torch>-cuda<cu>-cudnn9-runtime).
@@ -28,6 +35,8 @@ COPY worker ./worker
 COPY launcher ./launcher
 COPY visiontune ./visiontune
 COPY migrations ./migrations
+# The dashboard's one vendored file, from the npm stage above (package-lock.json pins it); package data of app.
+COPY --from=ui-vendor /ui/node_modules/chart.js/dist/chart.umd.min.js ./app/ui/node_modules/chart.js/dist/
 RUN pip install --no-deps . && python -c "import app.main, worker.runner, launcher.cli, visiontune.cli"
 
 USER visiontune

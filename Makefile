@@ -15,7 +15,19 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-install: $(BIN)/.installed
+# The dashboard's JavaScript libraries, pinned by app/ui/package-lock.json (npm ci: exactly those versions, their
+# integrity hashes checked). Without npm the dashboard still works, with its charts off and a note saying so.
+UI_VENDOR := app/ui/node_modules/.package-lock.json
+
+$(UI_VENDOR): app/ui/package.json app/ui/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix app/ui --no-audit --no-fund --ignore-scripts --loglevel=error \
+			|| echo "npm ci failed (offline?): the /ui dashboard runs without its charts until it succeeds"; \
+	else \
+		echo "npm not found: the /ui dashboard runs without its charts (install Node.js + npm, then make install)"; \
+	fi
+
+install: $(BIN)/.installed $(UI_VENDOR)
 
 run: install
 	$(BIN)/visiontune run
@@ -37,4 +49,4 @@ gpu-check: install
 	$(BIN)/python benchmarks/gpu_throughput.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache app/ui/node_modules

@@ -22,6 +22,7 @@ from app.api import audit, datasets, exports, health, jobs, keys, monitoring, pr
 from app.api.middleware import install_middleware
 from app.api.ratelimit import RateLimiter
 from app.api.swagger_ui import install_docs
+from app.api.ui import install_ui
 from app.auth import check_auth_mode, looks_like_key, server_secret
 from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker, session_scope
@@ -193,5 +194,6 @@ def create_app(
     for module in (health, datasets, jobs, registry, exports, predict, keys, audit, monitoring):
         app.include_router(module.router)
     install_docs(app)
+    install_ui(app)  # the /ui dashboard's page and files (no key; its data calls use the public API)
     install_middleware(app, settings)
     return app

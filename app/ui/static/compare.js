@@ -1,0 +1,95 @@
+// Compare: the curves of selected jobs overlaid on one chart per metric.
+
+import { api } from "./api.js";
+import { COLORS, lineChart } from "./charts.js";
+import { badge, clear, errorBox, h, pct, put, shortId, table, when } from "./dom.js";
+
+const METRICS = [
+  ["val_accuracy", "Validation accuracy", { percent: true }],
+  ["val_loss", "Validation loss", {}],
+  ["train_loss", "Training loss", {}],
+  ["learning_rate", "Learning rate", {}],
+];
+
+export async function render(main, { query, signal }) {
+  const picked = new Set((query.get("ids") || "").split(",").filter(Boolean));
+  const page = await api("/jobs?limit=50", { signal });
+  const charts = METRICS.map(([key, title, opts]) => [key, lineChart(title, opts)]);
+  const summary = h("div", {});
+  const status = h("div", { "aria-live": "polite" });
+
+  async function draw() {
+    history.replaceState(null, "", `#/compare?ids=${[...picked].join(",")}`);
+    try {
+      const ids = [...picked];
+      const all = await Promise.all(ids.map((id) => api(`/jobs/${id}/metrics`, { signal })));
+      const jobs = new Map(page.items.map((j) => [j.id, j]));
+      for (const [, chart] of charts) chart.reset();
+      all.forEach((m, i) => {
+        const j = jobs.get(m.job_id);
+        const name = `${shortId(m.job_id)} ${j ? `${j.arch}/${j.strategy}` : ""}`.trim();
+        for (const [key, chart] of charts)
+          chart.setSeries(name, m.epochs.map((e) => ({ x: e.epoch, y: e[key] })), { color: COLORS[i % COLORS.length] });
+      });
+      for (const [, chart] of charts) chart.update();
+      clear(
+        summary,
+        table(
+          [
+            { label: "Job", cell: (m) => h("a", { href: `#/jobs/${m.job_id}` }, shortId(m.job_id)) },
+            { label: "Status", cell: (m) => badge(m.status) },
+            { label: "Epochs", cell: (m) => m.epochs.length, class: "num" },
+            { label: "Best epoch", cell: (m) => m.best_epoch ?? "—", class: "num" },
+            { label: "Val accuracy", cell: (m) => pct(m.val?.accuracy), class: "num" },
+            { label: "Test accuracy", cell: (m) => pct(m.test?.accuracy), class: "num" },
+            {
+              label: "Before fine-tuning (val)",
+              cell: (m) => pct(m.before_finetuning?.val?.accuracy),
+              class: "num",
+            },
+          ],
+          all,
+          { empty: "Pick jobs above to compare them." },
+        ),
+      );
+      clear(status);
+    } catch (err) {
+      if (err.name !== "AbortError") clear(status, errorBox(err));
+    }
+  }
+
+  const picker = table(
+    [
+      {
+        label: "Show",
+        cell: (j) =>
+          h("input", {
+            type: "checkbox",
+            "aria-label": `show job ${shortId(j.id)}`,
+            checked: picked.has(j.id),
+            onchange: (e) => {
+              if (e.target.checked) picked.add(j.id);
+              else picked.delete(j.id);
+              draw();
+            },
+          }),
+      },
+      { label: "Job", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, shortId(j.id)) },
+      { label: "Model", cell: (j) => j.model_name },
+      { label: "Architecture", cell: (j) => `${j.arch} · ${j.strategy}` },
+      { label: "Status", cell: (j) => badge(j.status) },
+      { label: "Created", cell: (j) => when(j.created_at) },
+    ],
+    page.items,
+    { empty: "No jobs yet." },
+  );
+
+  put(main, 
+    h("h1", {}, "Compare jobs"),
+    h("div", { class: "grid two charts" }, charts.map(([, c]) => c.el)),
+    h("section", { class: "card" }, h("h2", {}, "Selected"), status, summary),
+    h("section", { class: "card" }, h("h2", {}, "Jobs"), picker),
+  );
+  await draw();
+  return () => charts.forEach(([, c]) => c.destroy());
+}

@@ -1,0 +1,90 @@
+// Jobs: status, progress, best accuracy, started/finished; pick some to compare.
+
+import { api } from "./api.js";
+import { badge, clear, errorBox, h, pct, progressBar, put, shortId, table, when } from "./dom.js";
+
+const ACTIVE = new Set(["queued", "running"]);
+
+/** Progress and best validation accuracy of a job, from its detail. */
+export function jobFacts(detail) {
+  const total = detail.config?.epochs ?? null;
+  const done = detail.epochs.length;
+  const accs = detail.epochs.map((e) => e.val_accuracy).filter((a) => a !== null && a !== undefined);
+  const best = detail.val_metrics?.accuracy ?? (accs.length ? Math.max(...accs) : null);
+  let fraction = total ? done / total : 0;
+  if (detail.status === "succeeded") fraction = 1;
+  return { total, done, best, fraction };
+}
+
+export async function render(main, { signal }) {
+  const box = h("section", { class: "card" }, h("p", { class: "muted" }, "Loading…"));
+  const selected = new Set();
+  const compareLink = h("a", { class: "button", href: "#/compare", id: "compare-selected" }, "Compare selected");
+  const updateLink = () => {
+    compareLink.href = `#/compare?ids=${[...selected].join(",")}`;
+    compareLink.textContent = selected.size ? `Compare selected (${selected.size})` : "Compare selected";
+  };
+  let timer = null;
+
+  async function refresh() {
+    try {
+      const page = await api("/jobs?limit=30", { signal });
+      const details = await Promise.all(page.items.map((j) => api(`/jobs/${j.id}`, { signal })));
+      clear(
+        box,
+        table(
+          [
+            {
+              label: "Compare",
+              cell: (j) =>
+                h("input", {
+                  type: "checkbox",
+                  "aria-label": `compare job ${shortId(j.id)}`,
+                  checked: selected.has(j.id),
+                  onchange: (e) => {
+                    if (e.target.checked) selected.add(j.id);
+                    else selected.delete(j.id);
+                    updateLink();
+                  },
+                }),
+            },
+            { label: "Job", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, shortId(j.id)) },
+            { label: "Model", cell: (j) => j.model_name },
+            { label: "Architecture", cell: (j) => `${j.arch} · ${j.strategy}` },
+            { label: "Status", cell: (j) => badge(j.status) },
+            {
+              label: "Progress",
+              cell: (j) => {
+                const f = jobFacts(j);
+                const bar = progressBar(`progress of job ${shortId(j.id)}`);
+                bar.set(f.fraction, f.total ? `${f.done}/${f.total} epochs` : `${f.done} epochs`);
+                return bar.el;
+              },
+            },
+            { label: "Best val acc.", cell: (j) => pct(jobFacts(j).best), class: "num" },
+            { label: "Started", cell: (j) => when(j.started_at) },
+            { label: "Finished", cell: (j) => when(j.finished_at) },
+          ],
+          details,
+          { empty: "No jobs yet: start one from New job." },
+        ),
+      );
+      clearTimeout(timer);
+      if (details.some((j) => ACTIVE.has(j.status))) timer = setTimeout(refresh, 4000);
+    } catch (err) {
+      if (err.name !== "AbortError") clear(box, errorBox(err));
+    }
+  }
+
+  put(main, 
+    h(
+      "div",
+      { class: "title-row" },
+      h("h1", {}, "Jobs"),
+      h("div", { class: "actions" }, compareLink, h("a", { class: "button primary", href: "#/new" }, "New job")),
+    ),
+    box,
+  );
+  await refresh();
+  return () => clearTimeout(timer);
+}
