@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,21 @@ def local_api(tmp_path: Path, queue: str, redis_url: str) -> LocalApi:
         database_url=db, data_dir=tmp_path / "data", broker_url=f"{redis_url}/0", queue=queue, admin_key=key
     )
     return LocalApi(env, settings, key)
+
+
+@contextmanager
+def embedded_server(tmp: Path, env: dict[str, str]) -> Iterator[str]:
+    """A real `visiontune run` (SQLite, its own Redis, a worker, the API) with its data under tmp; yields its URL
+    once /health answers and stops the whole process tree afterwards. Its log is tmp/run.log."""
+    port, redis_port = free_port(), free_port()
+    log = tmp / "run.log"
+    argv = python("-m", "launcher.cli", "run", "--port", str(port), "--redis-port", str(redis_port))
+    proc = start(argv, {"VISIONTUNE_DATA_DIR": str(tmp / "var"), **env}, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.processes import REPO, free_port, python, start, stop, wait_http
+from tests.processes import REPO, embedded_server
 
 COLORS = {"red": 0, "green": 1, "blue": 2}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -58,21 +58,14 @@ def color_folder(root: Path, per_class: int = 8, size: int = 16) -> Path:
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
-    port = free_port()
     key = "vt_" + secrets.token_urlsafe(32)
-    log = tmp / "run.log"
     env = {
-        "VISIONTUNE_DATA_DIR": str(tmp / "var"),
         "VISIONTUNE_ADMIN_KEY": key,
         "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
         "VISIONTUNE_RATE_LIMIT_PREDICT": "100000/minute",
     }
-    proc = start(python("-m", "launcher.cli", "run", "--port", str(port)), env, log)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
-        yield Server(f"http://127.0.0.1:{port}", key, log)
-    finally:
-        stop(proc)
+    with embedded_server(tmp, env) as url:
+        yield Server(url, key, tmp / "run.log")
 
 
 @pytest.fixture(scope="package")

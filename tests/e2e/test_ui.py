@@ -17,7 +17,7 @@ import pytest
 
 from app.auth import new_key
 from tests.factories import cifar_imagefolder_zip
-from tests.processes import REPO, free_port, python, start, stop, wait_http
+from tests.processes import REPO, embedded_server
 
 pytestmark = pytest.mark.e2e
 
@@ -116,23 +116,16 @@ class Browser:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    port, redis_port = free_port(), free_port()
     key = new_key()
-    log = tmp_path / "run.log"
     env = {
-        "VISIONTUNE_DATA_DIR": str(tmp_path / "var"),
         "VISIONTUNE_ADMIN_KEY": key,
         "VISIONTUNE_RATE_LIMIT_PREDICT": "1000000/minute",
         "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
         # progress events 5×/s instead of 1×/s: a few seconds of training still draws a step-loss curve
         "VISIONTUNE_EVENTS_PROGRESS_INTERVAL_SECONDS": "0.2",
     }
-    proc = start(python("-m", "launcher.cli", "run", "--port", str(port), "--redis-port", str(redis_port)), env, log)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
-        yield f"http://127.0.0.1:{port}", key
-    finally:
-        stop(proc)
+    with embedded_server(tmp_path, env) as url:
+        yield url, key
 
 
 @pytest.fixture
