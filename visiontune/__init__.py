@@ -4,6 +4,7 @@ API's own pydantic models (app.schemas)."""
 from visiontune.client import Client
 from visiontune.errors import (
     APIError,
+    BadResponse,
     ClientError,
     JobCanceled,
     JobError,
@@ -16,6 +17,7 @@ from visiontune.jobs import Job
 
 __all__ = [
     "APIError",
+    "BadResponse",
     "Client",
     "ClientError",
     "Job",

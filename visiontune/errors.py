@@ -26,6 +26,11 @@ class ServerUnreachable(ClientError):
     """No HTTP answer at all: the server is down, the URL is wrong, or the connection broke."""
 
 
+class BadResponse(ClientError):
+    """The server answered, but not with what this client reads: a body that is not the API's schema (another
+    version of the API, or not a visiontune server at that URL), or an event whose data is not a JSON object."""
+
+
 class WaitTimeout(ClientError, TimeoutError):
     """Job.wait(timeout=...) ran out before the job finished (the job goes on)."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from visiontune.errors import ServerUnreachable, WaitTimeout
+from visiontune.errors import BadResponse, ServerUnreachable, WaitTimeout
 
 if TYPE_CHECKING:
     from visiontune.transport import Transport
@@ -53,7 +53,12 @@ def parse_sse(lines: Iterable[str]) -> Iterator[JobEvent]:
     for line in lines:
         if line == "":
             if data:
-                payload = json.loads("\n".join(data))
+                try:
+                    payload = json.loads("\n".join(data))
+                except ValueError as exc:
+                    raise BadResponse(f"an event's data is not JSON ({exc}): {chr(10).join(data)[:200]!r}") from None
+                if not isinstance(payload, dict):
+                    raise BadResponse(f"an event's data is not a JSON object: {chr(10).join(data)[:200]!r}")
                 yield JobEvent(fields.get("id"), fields.get("event", "message"), payload)
             fields, data = {}, []
         elif not line.startswith(":"):
@@ -63,6 +68,15 @@ def parse_sse(lines: Iterable[str]) -> Iterator[JobEvent]:
                 data.append(value)
             else:
                 fields[name] = value
+
+
+def _until(lines: Iterable[str], deadline: float | None, job_id: str) -> Iterator[str]:
+    """The lines, raising WaitTimeout at the first one read after the deadline: keep-alive comments count too, so a
+    wait ends within one keep-alive interval (15 s) of its deadline even while no event comes."""
+    for line in lines:
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeout(job_id, None)
+        yield line
 
 
 def _server_now_ms(response: httpx.Response) -> int:
@@ -97,7 +111,7 @@ def stream_events(
             with transport.open_stream(f"/jobs/{job_id}/events", headers, read_timeout=read) as response:
                 if not follow and cutoff_ms is None:
                     cutoff_ms = _server_now_ms(response) + 999  # the Date header has whole seconds
-                for event in parse_sse(response.iter_lines()):
+                for event in parse_sse(_until(response.iter_lines(), deadline, job_id)):
                     failures = 0
                     if cutoff_ms is not None and (event.published_ms or 0) > cutoff_ms:
                         return

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from visiontune import Client
+from visiontune import Client, WaitTimeout
 from visiontune.events import JobEvent, stream_events
 from visiontune.transport import Transport
 
@@ -138,3 +139,56 @@ def test_wait_polls_the_job_when_the_server_keeps_no_live_events(monkeypatch: py
         server.shutdown()
         server.server_close()
     assert done.status == "succeeded" and NoEvents.polls == 5  # the handle, 2 polls running, 1 done, the refresh
+
+
+class KeepAlivesOnly(BaseHTTPRequestHandler):
+    """A job that runs on and on: GET /jobs/{id} says running; its event stream sends the status, then only
+    keep-alive comments (every 0.1 s, for at most 30 s) until the client hangs up."""
+
+    ended: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self.path.endswith("/events"):
+            data = json.dumps(job_detail("running")).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        pace = threading.Event()
+        try:
+            self.wfile.write(encode(EVENTS[1]))
+            for _ in range(300):
+                self.wfile.write(b": keep-alive\n\n")
+                self.wfile.flush()
+                pace.wait(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            self.ended.append("the client hung up")
+        else:
+            self.ended.append("the server ran out of keep-alives")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_wait_times_out_while_only_keep_alives_come() -> None:
+    KeepAlivesOnly.ended = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlivesOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{server.server_address[1]}", "vt_x") as client:
+            job = client.jobs.job("6b0f2b4e-8a70-4c1e-9b3a-3f4f3c1d2e10")
+            with pytest.raises(WaitTimeout, match="did not finish within 1 s"):
+                job.wait(timeout=1)
+        deadline = time.monotonic() + 30
+        while not KeepAlivesOnly.ended and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        server.shutdown()
+        server.server_close()
+    # The wait gave up on its own, while comments still came, instead of when the stream ended.
+    assert KeepAlivesOnly.ended == ["the client hung up"]
