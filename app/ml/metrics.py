@@ -96,6 +96,10 @@ def summarize_confusion(
     present = actual > 0  # macro averages over the classes that occur in this split
     n_present = max(int(present.sum()), 1)
     result: dict[str, Any] = {
+        # Row/column i of confusion_matrix is class_names[i]. Clients read the order from here, not from the keys
+        # of per_class: a JSON object's key order is not kept everywhere (JavaScript lists integer-like keys such as
+        # "9" and "10" numerically first, while an ImageFolder's classes are sorted as strings: "10" before "9").
+        "class_names": list(class_names),
         "count": count,
         "loss": loss,
         "accuracy": float(tp.sum() / max(count, 1)),
