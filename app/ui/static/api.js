@@ -125,6 +125,14 @@ const sleep = (ms, signal) =>
 /** Parse a text/event-stream body: onEvent({type, id, data}) per event; state.lastId follows the ids seen. */
 async function readStream(body, state, onEvent) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    await readEvents(reader, state, onEvent);
+  } finally {
+    reader.cancel().catch(() => {}); // left early (an error): close the connection instead of leaving it open
+  }
+}
+
+async function readEvents(reader, state, onEvent) {
   let buffer = "";
   let event = { type: "message", data: [], id: null };
   for (;;) {
@@ -162,18 +170,34 @@ async function readStream(body, state, onEvent) {
   }
 }
 
+export const POLL_MS = 3000;
+
 /**
  * Follow a job's events until its terminal status (or until signal aborts). A dropped connection is resumed
- * with Last-Event-ID, so nothing is lost or seen twice. onState("live" | "reconnecting" | "closed", error?).
+ * with Last-Event-ID, so nothing is lost or seen twice. onState("live" | "reconnecting" | "polling" | "closed",
+ * error?).
+ *
+ * Last-Event-ID is the transport's cursor: it moves when an event has been received, before onEvent runs. An
+ * onEvent that throws is a bug of the page, which a reconnect would not fix (the same event would come back and
+ * fail again, forever), so its error is logged and the stream goes on with the next event.
+ *
+ * A server without live events (no Redis: GET /jobs/{id}/events answers 503) gets polled instead, as the SDK
+ * does: `poll()` every pollMs (it fetches the job and returns its status) until a terminal status; onState says
+ * "polling" so the page can show that live updates are off. Without `poll`, a 503 is retried like a dropped
+ * connection.
  */
-export async function followEvents(jobId, { onEvent, onState = () => {}, signal }) {
+export async function followEvents(jobId, { onEvent, onState = () => {}, poll, pollMs = POLL_MS, signal }) {
   const state = { lastId: null };
   let done = false;
   let delay = 1000;
   const handle = (e) => {
     delay = 1000;
     if (e.type === "status" && TERMINAL.has(e.data.status)) done = true;
-    onEvent(e);
+    try {
+      onEvent(e);
+    } catch (err) {
+      console.error(`visiontune: the page failed on the ${e.type} event ${e.id}`, err);
+    }
   };
   while (!signal.aborted && !done) {
     const headers = authHeaders({ Accept: "text/event-stream" });
@@ -182,6 +206,7 @@ export async function followEvents(jobId, { onEvent, onState = () => {}, signal 
       const res = await fetch(`${ROOT}/jobs/${jobId}/events`, { headers, signal, cache: "no-store" });
       if (!res.ok) {
         const err = check(await errorOf(res));
+        if (res.status === 503 && poll) return pollJob(poll, pollMs, onState, signal);
         if (res.status < 500) return onState("closed", err);
         throw err;
       }
@@ -195,6 +220,28 @@ export async function followEvents(jobId, { onEvent, onState = () => {}, signal 
     onState("reconnecting");
     await sleep(delay, signal);
     delay = Math.min(delay * 2, 15000);
+  }
+  onState("closed");
+}
+
+/** poll() every pollMs until it returns a terminal status; a failed poll is retried, more slowly (up to 30 s). */
+async function pollJob(poll, pollMs, onState, signal) {
+  onState("polling");
+  let delay = pollMs;
+  while (!signal.aborted) {
+    await sleep(delay, signal);
+    if (signal.aborted) return;
+    try {
+      const status = await poll();
+      delay = pollMs;
+      onState("polling");
+      if (TERMINAL.has(status)) break;
+    } catch (e) {
+      if (signal.aborted || e.name === "AbortError") return;
+      if (e.status >= 400 && e.status < 500 && e.status !== 429) return onState("closed", e); // 404: deleted
+      onState("polling", e);
+      delay = Math.min(delay * 2, 30000);
+    }
   }
   onState("closed");
 }

@@ -1,7 +1,7 @@
 // One job: live curves and progress over its events, before/after metrics, per-class table, and a confusion
 // matrix whose cells open the validation images of that (true, predicted) pair.
 
-import { BlobUrls, api, followEvents } from "./api.js";
+import { BlobUrls, POLL_MS, api, followEvents } from "./api.js";
 import { lineChart } from "./charts.js";
 import { badge, clear, duration, errorBox, h, num, pct, progressBar, put, shortId, table, when } from "./dom.js";
 
@@ -42,8 +42,21 @@ function comparison(before, after) {
   );
 }
 
-function perClassTable(val, test) {
-  const names = Object.keys(val.per_class);
+/**
+ * The class names in confusion-matrix index order. The server sends them as val.class_names; metrics stored before
+ * it did have only per_class, whose key order JavaScript does not keep for integer-like names (Object.keys puts
+ * "9" before "10", while an ImageFolder's classes are sorted as strings, "10" first). For those the dataset's
+ * class_names (the order the job trained with) are used when they name the same classes, Object.keys last.
+ */
+export function classNames(val, datasetClasses) {
+  if (Array.isArray(val.class_names)) return val.class_names;
+  const keys = Object.keys(val.per_class || {});
+  const same =
+    Array.isArray(datasetClasses) && datasetClasses.length === keys.length && datasetClasses.every((n) => Object.hasOwn(val.per_class, n));
+  return same ? datasetClasses : keys;
+}
+
+function perClassTable(val, test, names) {
   const cols = [
     { label: "Class", cell: (n) => n },
     { label: "Precision", cell: (n) => pct(val.per_class[n].precision), class: "num" },
@@ -59,6 +72,16 @@ export async function render(main, { params: [id], signal }) {
   const thumbs = new BlobUrls();
   let job = await api(`/jobs/${id}`, { signal });
   let metrics = await api(`/jobs/${id}/metrics`, { signal });
+  let datasetClasses = null; // only for metrics stored before they carried class_names (see classNames)
+  if (metrics.val && !Array.isArray(metrics.val.class_names) && job.dataset_id) {
+    datasetClasses = await api(`/datasets/${job.dataset_id}`, { signal }).then(
+      (ds) => ds.class_names,
+      (err) => {
+        if (err.name === "AbortError") throw err;
+        return null; // deleted meanwhile or not readable: per_class's own order
+      },
+    );
+  }
   const epochs = new Map(metrics.epochs.map((e) => [e.epoch, e]));
   const stepLoss = []; // {x: fractional epoch, y: running loss}
   let lastProgress = null;
@@ -180,8 +203,7 @@ export async function render(main, { params: [id], signal }) {
     }
   }
 
-  function confusionMatrix(val) {
-    const names = Object.keys(val.per_class);
+  function confusionMatrix(val, names) {
     const m = val.confusion_matrix;
     const rowsum = m.map((r) => r.reduce((a, b) => a + b, 0));
     const tbl = h(
@@ -239,6 +261,7 @@ export async function render(main, { params: [id], signal }) {
           ? h("p", { class: "muted" }, "Before fine-tuning: not measured (baseline off).")
           : null;
     const hasBefore = before && before.status !== "not applicable";
+    const names = classNames(val, datasetClasses);
     clear(
       results,
       h(
@@ -254,7 +277,7 @@ export async function render(main, { params: [id], signal }) {
           test ? h("h3", {}, "Test") : null,
           test ? comparison(hasBefore ? before.test : null, test) : null,
         ),
-        h("section", { class: "card", id: "per-class" }, h("h2", {}, "Per class"), perClassTable(val, test)),
+        h("section", { class: "card", id: "per-class" }, h("h2", {}, "Per class"), perClassTable(val, test, names)),
       ),
       h(
         "section",
@@ -268,7 +291,7 @@ export async function render(main, { params: [id], signal }) {
                 "div",
                 {},
                 h("p", { class: "muted small" }, "Rows: true class · columns: predicted · validation split. Click a cell for its images."),
-                confusionMatrix(val),
+                confusionMatrix(val, names),
               ),
               cellImages,
             )
@@ -331,7 +354,20 @@ export async function render(main, { params: [id], signal }) {
 
   followEvents(id, {
     signal,
+    // No live events on this server (503): the job and its metrics are fetched every few seconds instead.
+    poll: async () => {
+      if (ACTIVE.has(job.status)) await refreshAll();
+      return job.status;
+    },
     onState: (state, err) => {
+      if (state === "polling") {
+        liveState.textContent = !ACTIVE.has(job.status)
+          ? ""
+          : err
+            ? `live updates off; refresh failed (${err.message}), retrying…`
+            : `live updates off (this server has no event stream): refreshed every ${POLL_MS / 1000} s`;
+        return;
+      }
       liveState.textContent = state === "live" ? "● live" : state === "reconnecting" ? "reconnecting…" : "";
       if (err && state === "closed") clear(actionStatus, errorBox(err));
     },
