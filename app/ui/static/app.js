@@ -2,6 +2,7 @@
 
 import { ApiError, api, clearKey, getKey, setKey, setUnauthorizedHandler } from "./api.js";
 import { clear, errorBox, h, nextId } from "./dom.js";
+import { isModelName, isUuid, routeParams } from "./params.js";
 import * as compare from "./compare.js";
 import * as datasets from "./datasets.js";
 import * as job from "./job.js";
@@ -15,17 +16,17 @@ const nav = document.getElementById("nav");
 const signOut = document.getElementById("signout");
 const banner = document.getElementById("banner");
 
-// [pattern, page, nav entry]; the first match wins.
+// [pattern, page, nav entry, a check per captured segment]; the first match wins.
 const ROUTES = [
-  [/^datasets$/, datasets.list, "datasets"],
-  [/^datasets\/([^/]+)$/, datasets.detail, "datasets"],
-  [/^new$/, newJob.render, "new"],
-  [/^jobs$/, jobs.render, "jobs"],
-  [/^jobs\/([^/]+)$/, job.render, "jobs"],
-  [/^compare$/, compare.render, "compare"],
-  [/^models$/, models.list, "models"],
-  [/^models\/([^/]+)$/, models.detail, "models"],
-  [/^predict$/, predict.render, "predict"],
+  [/^datasets$/, datasets.list, "datasets", []],
+  [/^datasets\/([^/]+)$/, datasets.detail, "datasets", [isUuid]],
+  [/^new$/, newJob.render, "new", []],
+  [/^jobs$/, jobs.render, "jobs", []],
+  [/^jobs\/([^/]+)$/, job.render, "jobs", [isUuid]],
+  [/^compare$/, compare.render, "compare", []],
+  [/^models$/, models.list, "models", []],
+  [/^models\/([^/]+)$/, models.detail, "models", [isModelName]],
+  [/^predict$/, predict.render, "predict", []],
 ];
 
 let current = null; // {controller, cleanup} of the page on screen
@@ -85,19 +86,28 @@ function signInPage(message) {
     if (!key) return clear(status, errorBox(new Error("Enter an API key.")));
     setKey(key);
     clear(status, h("p", { class: "muted" }, "Checking the key…"));
+    let landing = "#/jobs";
     try {
       await api("/datasets?limit=1");
-      if (!location.hash || location.hash.startsWith("#/signin")) location.hash = "#/jobs";
-      else route();
     } catch (err) {
-      clearKey();
-      const text =
-        err instanceof ApiError && err.status === 401
-          ? new ApiError(401, err.code, `The server refused this key: ${err.message}`)
-          : err;
-      clear(status, errorBox(text));
+      if (err instanceof ApiError && err.status === 403) {
+        // The server knows the key (401 otherwise) but it lacks the read scope, e.g. a predict-only key: valid,
+        // and Predict is the page it can use; the others say which scope they need.
+        landing = "#/predict";
+      } else {
+        fail(err);
+        return;
+      }
     }
+    if (!location.hash || location.hash.startsWith("#/signin")) location.hash = landing;
+    else route();
   });
+  function fail(err) {
+    clearKey();
+    const text =
+      err instanceof ApiError && err.status === 401 ? new ApiError(401, err.code, `The server refused this key: ${err.message}`) : err;
+    clear(status, errorBox(text));
+  }
   clear(main, form);
   input.focus();
 }
@@ -111,7 +121,7 @@ async function route() {
   }
   nav.hidden = false;
   signOut.hidden = false;
-  const match = ROUTES.map(([re, page, entry]) => [path.match(re), page, entry]).find(([m]) => m);
+  const match = ROUTES.map(([re, page, entry, checks]) => [path.match(re), page, entry, checks]).find(([m]) => m);
   for (const a of nav.querySelectorAll("a")) {
     a.classList.toggle("active", !!match && a.dataset.page === match[2]);
     if (match && a.dataset.page === match[2]) a.setAttribute("aria-current", "page");
@@ -120,12 +130,13 @@ async function route() {
   const controller = new AbortController();
   current = { controller, cleanup: null };
   clear(main);
-  if (!match) {
+  // Each captured segment is decoded and checked before the page runs (and so before any fetch it makes).
+  const params = match && routeParams(match[0].slice(1), match[3]);
+  if (!params) {
     main.append(errorBox(new Error(`No page at #/${path}.`)));
     return;
   }
-  const [m, page] = match;
-  const params = m.slice(1).map(decodeURIComponent);
+  const page = match[1];
   try {
     const cleanup = await page(main, { params, query, signal: controller.signal });
     if (current && current.controller === controller) current.cleanup = cleanup;

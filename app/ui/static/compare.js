@@ -3,6 +3,7 @@
 import { api } from "./api.js";
 import { COLORS, lineChart } from "./charts.js";
 import { badge, clear, errorBox, h, pct, put, shortId, table, when } from "./dom.js";
+import { isUuid } from "./params.js";
 
 const METRICS = [
   ["val_accuracy", "Validation accuracy", { percent: true }],
@@ -12,7 +13,8 @@ const METRICS = [
 ];
 
 export async function render(main, { query, signal }) {
-  const picked = new Set((query.get("ids") || "").split(",").filter(Boolean));
+  // Only job ids go into the API paths below: anything else in ?ids= is dropped.
+  const picked = new Set((query.get("ids") || "").split(",").filter(isUuid));
   const page = await api("/jobs?limit=50", { signal });
   const charts = METRICS.map(([key, title, opts]) => [key, lineChart(title, opts)]);
   const summary = h("div", {});

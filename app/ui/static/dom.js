@@ -91,6 +91,19 @@ export function progressBar(label) {
 /** An error of the API (or anything thrown) as a readable alert box. */
 export function errorBox(err) {
   const code = err && err.code ? h("code", {}, err.code) : null;
+  if (err?.status === 403) {
+    // A valid key without the scope this needs (the server's message names it: "this API key lacks the 'read'
+    // scope (it has predict)"): say so plainly instead of a bare error.
+    return h(
+      "div",
+      { class: "error forbidden", role: "alert" },
+      h("strong", {}, "This key cannot do this. "),
+      code,
+      " ",
+      err.message,
+      ". Sign out and sign in with a key that has that scope.",
+    );
+  }
   return h("div", { class: "error", role: "alert" }, code, code ? " " : null, err?.message || String(err));
 }
 

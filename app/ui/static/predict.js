@@ -3,20 +3,49 @@
 import { api } from "./api.js";
 import { clear, dropZone, errorBox, h, nextId, pct, put } from "./dom.js";
 
+/** The models to pick from, or null when the key may not list them (403: a predict-only key has no read scope). */
+async function listModels(signal) {
+  try {
+    return await api("/models", { signal });
+  } catch (err) {
+    if (err.status === 403) return null;
+    throw err;
+  }
+}
+
 export async function render(main, { signal }) {
-  const models = await api("/models", { signal });
+  const models = await listModels(signal);
   const modelId = nextId("model");
   const versionId = nextId("version");
   const topkId = nextId("topk");
-  const model = h(
-    "select",
-    { id: modelId },
-    h("option", { value: "" }, "the default model"),
-    models.flatMap((m) => [
-      h("option", { value: m.name, selected: models.length === 1 }, m.name),
-      ...Object.keys(m.aliases || {}).map((a) => h("option", { value: `${m.name}@${a}` }, `${m.name}@${a}`)),
-    ]),
-  );
+  const noteId = nextId("model-note");
+  const model = models
+    ? h(
+        "select",
+        { id: modelId },
+        h("option", { value: "" }, "the default model"),
+        models.flatMap((m) => [
+          h("option", { value: m.name, selected: models.length === 1 }, m.name),
+          ...Object.keys(m.aliases || {}).map((a) => h("option", { value: `${m.name}@${a}` }, `${m.name}@${a}`)),
+        ]),
+      )
+    : h("input", {
+        id: modelId,
+        type: "text",
+        name: "model",
+        placeholder: "the default model",
+        autocomplete: "off",
+        spellcheck: "false",
+        "aria-describedby": noteId,
+      });
+  const modelNote = models
+    ? null
+    : h(
+        "p",
+        { class: "muted small", id: noteId },
+        "This key cannot list the models (it lacks the read scope): type a model name or name@alias, or leave it ",
+        "empty for the default model.",
+      );
   const version = h("input", { id: versionId, type: "number", min: 1, step: 1, placeholder: "serving" });
   const topk = h("input", { id: topkId, type: "number", min: 1, max: 20, step: 1, value: 3 });
   const results = h("div", { class: "predictions", id: "predictions" });
@@ -27,7 +56,7 @@ export async function render(main, { signal }) {
     const images = [...files];
     const form = new FormData();
     for (const f of images) form.append("files", f, f.name);
-    if (model.value) form.append("model", model.value);
+    if (model.value.trim()) form.append("model", model.value.trim());
     if (version.value) form.append("version", version.value);
     form.append("top_k", topk.value || "3");
     clear(status, h("p", { class: "muted" }, `Classifying ${images.length} image${images.length === 1 ? "" : "s"}…`));
@@ -88,6 +117,7 @@ export async function render(main, { signal }) {
         h("div", { class: "field" }, h("label", { for: versionId }, "Version"), version),
         h("div", { class: "field" }, h("label", { for: topkId }, "Top k"), topk),
       ),
+      modelNote,
       zone.el,
       status,
     ),
