@@ -4,6 +4,7 @@ import { api } from "./api.js";
 import { badge, clear, errorBox, h, pct, progressBar, put, shortId, table, when } from "./dom.js";
 
 const ACTIVE = new Set(["queued", "running"]);
+const POLL_MS = 5000; // while a listed job is queued or running
 
 /** Progress and best validation accuracy of a job, from its detail. */
 export function jobFacts(detail) {
@@ -25,11 +26,21 @@ export async function render(main, { signal }) {
     compareLink.textContent = selected.size ? `Compare selected (${selected.size})` : "Compare selected";
   };
   let timer = null;
+  let due = false; // a refresh came due while the tab was hidden: run it when the tab shows again
+  // id -> detail (progress and best accuracy need the detail). A finished job's detail does not change, so it is
+  // fetched once; the list is polled, and only the jobs that are active or whose status moved are fetched again.
+  const known = new Map();
 
   async function refresh() {
+    due = false;
     try {
       const page = await api("/jobs?limit=30", { signal });
-      const details = await Promise.all(page.items.map((j) => api(`/jobs/${j.id}`, { signal })));
+      const stale = page.items.filter((j) => ACTIVE.has(j.status) || known.get(j.id)?.status !== j.status);
+      const fetched = await Promise.all(stale.map((j) => api(`/jobs/${j.id}`, { signal })));
+      for (const d of fetched) known.set(d.id, d);
+      const details = page.items.map((j) => known.get(j.id));
+      const listed = new Set(page.items.map((j) => j.id));
+      for (const id of known.keys()) if (!listed.has(id)) known.delete(id);
       clear(
         box,
         table(
@@ -70,11 +81,20 @@ export async function render(main, { signal }) {
         ),
       );
       clearTimeout(timer);
-      if (details.some((j) => ACTIVE.has(j.status))) timer = setTimeout(refresh, 4000);
+      if (details.some((j) => ACTIVE.has(j.status))) timer = setTimeout(whenVisible, POLL_MS);
     } catch (err) {
       if (err.name !== "AbortError") clear(box, errorBox(err));
     }
   }
+  // No polling while the tab is hidden: the refresh waits until it is shown.
+  function whenVisible() {
+    if (document.hidden) due = true;
+    else refresh();
+  }
+  function onVisibility() {
+    if (due && !document.hidden && !signal.aborted) refresh();
+  }
+  document.addEventListener("visibilitychange", onVisibility);
 
   put(main, 
     h(
@@ -86,5 +106,8 @@ export async function render(main, { signal }) {
     box,
   );
   await refresh();
-  return () => clearTimeout(timer);
+  return () => {
+    clearTimeout(timer);
+    document.removeEventListener("visibilitychange", onVisibility);
+  };
 }
