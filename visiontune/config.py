@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import platformdirs
+
+from visiontune.errors import ClientError
 
 URL_ENV = "VISIONTUNE_URL"
 KEY_ENV = "VISIONTUNE_KEY"
@@ -35,16 +40,45 @@ def login_path() -> Path:
 
 
 def normalize_url(url: str) -> str:
-    url = url.strip().rstrip("/")
-    return url if "://" in url else f"http://{url}"
+    """`host:port` -> `http://host:port`, no trailing slash; ClientError for a URL no request could go to."""
+    url = url.strip()
+    url = (url if "://" in url else f"http://{url}").rstrip("/")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ClientError(f"invalid server URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ClientError(f"invalid server URL {url!r}: expected http(s)://HOST[:PORT]")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ClientError(f"invalid server URL {url!r}: port {parsed.port} is out of range")
+    return url
+
+
+_warned: set[Path] = set()
+
+
+def warn_if_exposed(path: Path) -> None:
+    """A warning on stderr (once per file) when the login file can be read by other users."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO) and path not in _warned:
+        _warned.add(path)
+        sys.stderr.write(
+            f"warning: {path} (it holds your API key) is open to other users "
+            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}\n"
+        )
 
 
 def saved_login() -> Login | None:
-    """The login `visiontune login` saved, or None."""
+    """The login `visiontune login` saved, or None (with a warning when others can read the file)."""
+    path = login_path()
     try:
-        data = json.loads(login_path().read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    warn_if_exposed(path)
     if not isinstance(data, dict) or not isinstance(data.get("url"), str):
         return None
     key = data.get("key")
@@ -55,6 +89,10 @@ def save_login(login: Login) -> Path:
     """Write the login atomically, readable and writable by the user only (0600, in a 0700 directory)."""
     directory = config_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # mkdir leaves an existing directory's mode alone (and the umask may have narrowed a new one's)
+        directory.chmod(0o700)
+    except OSError:
+        pass  # not ours to change (e.g. a shared VISIONTUNE_CONFIG_DIR): the file itself is still 0600
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".login.", suffix=".tmp")  # mkstemp makes it 0600
     try:
         with os.fdopen(fd, "w") as f:
@@ -87,6 +125,13 @@ def resolve(url: str | None = None, key: str | None = None) -> Login:
     chosen = server_url(url, saved)
     if key is None:
         key = os.environ.get(KEY_ENV) or None
-    if key is None and saved is not None and normalize_url(saved.url) == chosen:
+    if key is None and saved is not None and _same_url(saved.url, chosen):
         key = saved.key
     return Login(url=chosen, key=key)
+
+
+def _same_url(saved: str, chosen: str) -> bool:
+    try:
+        return normalize_url(saved) == chosen
+    except ClientError:  # a broken saved URL is never the one chosen
+        return False

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from visiontune.errors import APIError, ServerUnreachable
+from visiontune.config import normalize_url
+from visiontune.errors import APIError, BadResponse, ClientError, ServerUnreachable
 
 M = TypeVar("M")
 
@@ -33,7 +34,7 @@ class Transport:
     """Requests to one server with one key."""
 
     def __init__(self, url: str, key: str | None, timeout: float) -> None:
-        self.url = url
+        self.url = url = normalize_url(url)  # ClientError for a URL no request could go to
         self.timeout = timeout
         headers = {"User-Agent": "visiontune-client"}
         if key:
@@ -49,6 +50,8 @@ class Transport:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ServerUnreachable(f"{method} {self.url}{path}: {exc.__class__.__name__}: {exc}") from None
+        except httpx.InvalidURL as exc:  # e.g. an id with characters no URL can hold
+            raise ClientError(f"{method} {self.url}{path}: invalid URL: {exc}") from None
         if response.status_code >= 400:
             raise error_from(response)
         return response
@@ -58,10 +61,20 @@ class Transport:
 
     @staticmethod
     def parse(model: type[M], response: httpx.Response) -> M:
-        """The body validated as model (a pydantic model, or a type such as list[ModelOut])."""
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            return model.model_validate_json(response.content)
-        return TypeAdapter(model).validate_json(response.content)
+        """The body validated as model (a pydantic model, or a type such as list[ModelOut]); BadResponse if it is
+        not one (not JSON, or another shape)."""
+        try:
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                return model.model_validate_json(response.content)
+            return TypeAdapter(model).validate_json(response.content)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            raise BadResponse(
+                f"{response.request.method} {response.request.url}: the answer (HTTP {response.status_code}) is not "
+                f"what this client expects ({problems}); is that a visiontune server of a matching version?"
+            ) from None
 
     @contextlib.contextmanager
     def open_stream(self, path: str, headers: dict[str, str], read_timeout: float) -> Iterator[httpx.Response]:
@@ -75,3 +88,5 @@ class Transport:
                 yield response
         except httpx.ConnectError as exc:
             raise ServerUnreachable(f"GET {self.url}{path}: {exc}") from None
+        except httpx.InvalidURL as exc:
+            raise ClientError(f"GET {self.url}{path}: invalid URL: {exc}") from None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import REPO
-from visiontune import config
+from visiontune import ClientError, config
 
 
 @pytest.fixture
@@ -51,3 +51,26 @@ def test_the_client_loads_none_of_the_server_and_is_listed_in_the_help() -> None
     ).stdout
     for command in ("run", "api", "worker", "keys", "login", "logout", "datasets", "jobs", "models", "predict"):
         assert f"    {command} " in helped, helped
+
+
+def test_the_config_directory_is_made_private_and_an_exposed_login_is_warned_about(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)  # made before, by hand or another tool
+    path = config.save_login(config.Login("http://gpu-box:8000", "vt_saved"))
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert config.saved_login() is not None and capsys.readouterr().err == ""
+
+    path.chmod(0o644)
+    assert config.resolve().key == "vt_saved"  # still used, with a warning once
+    assert config.resolve().key == "vt_saved"
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"chmod 600 {path}" in err and "mode 644" in err
+
+
+def test_a_url_no_request_could_go_to_is_a_client_error() -> None:
+    assert config.normalize_url(" gpu-box:8000/ ") == "http://gpu-box:8000"
+    for bad in ("http://127.0.0.1:notaport", "ftp://gpu-box", "http://", "http://host:70000"):
+        with pytest.raises(ClientError, match="invalid server URL"):
+            config.normalize_url(bad)
