@@ -84,10 +84,10 @@ class JobProgress:
     def __enter__(self) -> JobProgress:
         if self.live:
             self._progress = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),  # from the server's events: never markup
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
+                TextColumn("{task.fields[info]}", markup=False),
                 console=self.console,
             )
             self._progress.start()

@@ -3,16 +3,32 @@
 
 from __future__ import annotations
 
-import json
-import sys
+from typing import Any
 
+import click
 import typer
+from pydantic import ValidationError
+from typer.core import TyperGroup
 
 from visiontune.cli import auth, datasets, jobs, models, predict
-from visiontune.cli.common import EXIT_ERROR, err_console
-from visiontune.errors import APIError, ClientError
+from visiontune.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, err_console, report
+from visiontune.errors import BadResponse, ClientError
+
+
+class _Commands(TyperGroup):
+    """The command tree; Ctrl-C in any command ends it with `interrupted` and exit 130 (Typer's own handling
+    exits silently, or prints `Aborted!` with exit 1 in older versions)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err_console.print("interrupted", markup=False, highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="visiontune",
     help="visiontune client: talks to a visiontune server over its HTTP API.",
     no_args_is_help=True,
@@ -27,17 +43,6 @@ app.add_typer(models.app, name="models")
 app.command()(predict.predict)
 
 
-def report(exc: ClientError, as_json: bool) -> None:
-    """The error on stderr: the API's message (JSON with --json), never a traceback."""
-    if as_json:
-        body: dict[str, object] = {"message": str(exc)}
-        if isinstance(exc, APIError):
-            body = {"status": exc.status, "code": exc.code, "message": exc.message}
-        sys.stderr.write(json.dumps({"error": body}) + "\n")
-    else:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-
-
 def main(argv: list[str]) -> int:
     """Run one client command; its exit code."""
     try:
@@ -47,11 +52,11 @@ def main(argv: list[str]) -> int:
     except ClientError as exc:
         report(exc, "--json" in argv)
         return EXIT_ERROR
+    except ValidationError as exc:  # a body the SDK did not check (Transport.parse turns its own into BadResponse)
+        report(BadResponse(f"the server's answer is not what this client expects: {exc}"), "--json" in argv)
+        return EXIT_ERROR
     except OSError as exc:  # a file to upload or classify that cannot be read
         where = f"{exc.filename}: " if exc.filename else ""
         report(ClientError(f"{where}{exc.strerror or exc}"), "--json" in argv)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
     return 0

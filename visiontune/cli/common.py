@@ -11,9 +11,10 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Column
+from rich.text import Text
 
 from visiontune.client import Client
-from visiontune.errors import JobCanceled, JobFailed, WaitTimeout
+from visiontune.errors import APIError, BadResponse, ClientError, JobCanceled, JobFailed, ServerUnreachable, WaitTimeout
 from visiontune.jobs import Job
 
 # Exit codes (documented in the README): 0 done / the job succeeded.
@@ -22,6 +23,7 @@ EXIT_USAGE = 2  # unknown command or option (Click's own)
 EXIT_JOB_FAILED = 3
 EXIT_JOB_CANCELED = 4
 EXIT_WAIT_TIMEOUT = 5
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only (no tables, bars or colour).")]
 
@@ -37,6 +39,38 @@ def _console(stderr: bool = False) -> Console:
 
 console = _console()
 err_console = _console(stderr=True)
+
+
+def report(exc: ClientError, as_json: bool) -> None:
+    """An error on stderr, never a traceback: `error: MESSAGE`, or with --json `{"error": {"code", "message"}}`
+    (plus the HTTP `status` when the API refused)."""
+    if as_json:
+        body: dict[str, object]
+        if isinstance(exc, APIError):
+            body = {"status": exc.status, "code": exc.code, "message": exc.message}
+        else:
+            body = {"code": client_error_code(exc), "message": str(exc)}
+        sys.stderr.write(json.dumps({"error": body}) + "\n")
+        sys.stderr.flush()
+    else:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+
+
+def client_error_code(exc: ClientError) -> str:
+    """The `code` of an error that did not come from the API."""
+    if isinstance(exc, WaitTimeout):
+        return "wait_timeout"
+    if isinstance(exc, ServerUnreachable):
+        return "server_unreachable"
+    if isinstance(exc, BadResponse):
+        return "bad_response"
+    return "client_error"
+
+
+def plain(value: Any) -> Text:
+    """A value from the API (a name, a label, a status) as literal text: `[bold]` in a dataset's name is shown as
+    typed, never read as rich markup."""
+    return Text("-" if value is None else str(value))
 
 
 def client() -> Client:
@@ -81,7 +115,7 @@ def follow(job: Job, as_json: bool, timeout: float | None) -> None:
         detail = exc.job
         code = EXIT_JOB_FAILED if isinstance(exc, JobFailed) else EXIT_JOB_CANCELED
     except WaitTimeout as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        report(exc, as_json)
         raise typer.Exit(EXIT_WAIT_TIMEOUT) from None
     if as_json:
         print_json(detail)

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from app.schemas import DatasetOut
-from visiontune.cli.common import ID, JsonOpt, client, console, print_json, when
+from visiontune.cli.common import ID, JsonOpt, client, console, plain, print_json, when
 
 app = typer.Typer(help="Upload and manage datasets.", no_args_is_help=True)
 
+CHECKING = "processing on the server… (every image is opened and checked)"
+
 
 def show_dataset(d: DatasetOut) -> None:
-    console.print(f"[bold]{d.name}[/bold]  {d.id}")
+    console.print(Text.assemble((d.name, "bold"), f"  {d.id}"), soft_wrap=True)
     console.print(
         f"{d.format}, {d.num_classes} classes, {d.num_images} images, {d.size_bytes:,} bytes, "
         f"created {when(d.created_at)}",
         markup=False,
+        highlight=False,
     )
-    table = Table("split", *d.class_names, "total")
+    table = Table("split", *(Column(header=plain(name)) for name in d.class_names), "total")
     for split, counts in d.split_counts.items():
-        table.add_row(split, *(str(counts.get(c, 0)) for c in d.class_names), str(sum(counts.values())))
+        table.add_row(plain(split), *(str(counts.get(c, 0)) for c in d.class_names), str(sum(counts.values())))
     console.print(table)
     for item in d.invalid_files[:20]:
         console.print(f"left out: {item}", markup=False, highlight=False, soft_wrap=True)
@@ -49,11 +54,20 @@ def upload(
             TransferSpeedColumn(),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=console) as bar:
+        with contextlib.ExitStack() as stack:
+            bar = stack.enter_context(Progress(*columns, console=console))
             task = bar.add_task("upload", total=None)
+            checking: list[bool] = []
 
             def sent(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
+                if done >= total and not checking:  # every byte is out: the server now checks each image
+                    checking.append(True)
+                    bar.stop()
+                    if console.is_terminal:
+                        stack.enter_context(console.status(CHECKING))
+                    else:
+                        console.print(CHECKING, markup=False, highlight=False)
 
             dataset = c.datasets.upload(path, name, skip_invalid=skip_invalid, on_progress=sent)
         show_dataset(dataset)
@@ -73,7 +87,8 @@ def list_(
         return
     table = Table(ID, "name", "format", "classes", "images", "created", title=f"{page.total} datasets")
     for d in page.items:
-        table.add_row(str(d.id), d.name, d.format, str(d.num_classes), str(d.num_images), when(d.created_at))
+        counts = (str(d.num_classes), str(d.num_images))
+        table.add_row(str(d.id), plain(d.name), plain(d.format), *counts, when(d.created_at))
     console.print(table)
 
 

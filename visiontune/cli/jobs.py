@@ -9,9 +9,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from app.schemas import JobDetail
-from visiontune.cli.common import ID, JsonOpt, client, console, follow, pct, print_json, when
+from visiontune.cli.common import ID, JsonOpt, client, console, follow, pct, plain, print_json, when
 from visiontune.errors import ClientError
 from visiontune.events import JobEvent
 from visiontune.progress import epoch_text, progress_line, status_text
@@ -123,12 +124,13 @@ def list_(
     table = Table(ID, "status", "model", "arch", "strategy", "best epoch", "created", title=f"{page.total} jobs")
     for j in page.items:
         best = str(j.best_epoch) if j.best_epoch is not None else "-"
-        table.add_row(str(j.id), j.status, j.model_name, j.arch, j.strategy, best, when(j.created_at))
+        names = (plain(j.status), plain(j.model_name), plain(j.arch), plain(j.strategy))
+        table.add_row(str(j.id), *names, best, when(j.created_at))
     console.print(table)
 
 
 def show_job(j: JobDetail) -> None:
-    console.print(f"[bold]job {j.id}[/bold]  {j.status}")
+    console.print(Text.assemble((f"job {j.id}", "bold"), f"  {j.status}"), soft_wrap=True)
     lines = [
         f"model {j.model_name}" + (f" version {j.model_version}" if j.model_version else ""),
         f"{j.arch} ({j.weights}), {j.strategy}, attempt {j.attempt}/{j.max_attempts}",

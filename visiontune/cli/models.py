@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 from rich.table import Column, Table
+from rich.text import Text
 
 from app.schemas import ModelOut
-from visiontune.cli.common import JsonOpt, client, console, pct, print_json, when
+from visiontune.cli.common import JsonOpt, client, console, pct, plain, print_json, when
 
 app = typer.Typer(help="The model registry: versions, what serves, pins, aliases, rollback.", no_args_is_help=True)
 
@@ -22,7 +23,7 @@ def aliases(m: ModelOut) -> str:
 def show_model(m: ModelOut) -> None:
     pinned = f"v{m.pinned_version}" if m.pinned_version else "none"
     serving = f"v{m.serving_version}" if m.serving_version else "none"
-    console.print(f"[bold]{m.name}[/bold]  serving {serving}, pinned {pinned}, aliases {aliases(m)}")
+    console.print(Text.assemble((m.name, "bold"), f"  serving {serving}, pinned {pinned}, aliases {aliases(m)}"))
     table = Table(
         "version", "serving", Column("job", no_wrap=True, min_width=36), "arch", "val acc", "test acc", "created"
     )
@@ -31,7 +32,7 @@ def show_model(m: ModelOut) -> None:
             str(v.version),
             "✓" if v.serving else "",
             str(v.job_id),
-            v.arch,
+            plain(v.arch),
             pct(v.val_accuracy),
             pct(v.test_accuracy),
             when(v.created_at),
@@ -59,11 +60,11 @@ def list_(as_json: JsonOpt = False) -> None:
     for m in models:
         best = max((v.val_accuracy for v in m.versions if v.val_accuracy is not None), default=None)
         table.add_row(
-            m.name,
+            plain(m.name),
             str(len(m.versions)),
             f"v{m.serving_version}" if m.serving_version else "-",
             f"v{m.pinned_version}" if m.pinned_version else "-",
-            aliases(m),
+            plain(aliases(m)),
             pct(best),
         )
     console.print(table)

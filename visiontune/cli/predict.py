@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from visiontune.cli.common import JsonOpt, client, console, print_json
+from visiontune.cli.common import JsonOpt, client, console, plain, print_json
 
 
 def predict(
@@ -24,11 +24,12 @@ def predict(
     if as_json:
         print_json(result)
         return
-    title = f"{result.model_name} version {result.version} ({result.arch}, {result.backend})"
+    title = plain(f"{result.model_name} version {result.version} ({result.arch}, {result.backend})")
     table = Table("image", "label", "probability", "", title=title)
     for pred in result.predictions:
         for rank, score in enumerate(pred.top):
             bar = "█" * round(20 * score.probability)
-            table.add_row((pred.filename or "-") if rank == 0 else "", score.label, f"{score.probability:.3f}", bar)
+            name = plain(pred.filename) if rank == 0 else ""
+            table.add_row(name, plain(score.label), f"{score.probability:.3f}", bar)
         table.add_section()
     console.print(table)
