@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -147,8 +150,9 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = Field(
         default=None,
         description="Where the processes of this host write their metrics (prometheus_client's multiprocess "
-        "mode; one subdirectory per launcher, wiped at its start); data_dir/metrics if unset. Keep it on a local "
-        "filesystem",
+        "mode; a folder visiontune-multiproc of its own in it, one subdirectory per launcher, wiped at its start). "
+        "Unset: a folder of this user under the system's temporary directory, one per data_dir. Keep it on a local "
+        "filesystem (never NFS), shared by the processes of one host only",
     )
     worker_metrics_port: int | None = Field(
         default=None,
@@ -182,8 +186,13 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'visiontune.db').resolve()}"
 
     def resolved_metrics_dir(self) -> Path:
-        """metrics_dir, or data_dir/metrics."""
-        return self.metrics_dir if self.metrics_dir is not None else self.data_dir / "metrics"
+        """metrics_dir, or a host-local default: <tmp>/visiontune-<uid>/metrics-<digest of data_dir's absolute
+        path>, so the launchers of one installation on this host (same user, same data_dir) meet there, and the
+        data_dir itself, which may be a shared filesystem, holds no metrics."""
+        if self.metrics_dir is not None:
+            return self.metrics_dir
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"visiontune-{os.getuid()}" / f"metrics-{digest}"
 
     @property
     def datasets_dir(self) -> Path:
