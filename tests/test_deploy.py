@@ -81,10 +81,17 @@ def test_monitoring_profile_scrapes_the_api_with_a_metrics_key():
     assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/visiontune_metrics_key"}
     api_port = services["api"]["command"][services["api"]["command"].index("--port") + 1]
     assert job["static_configs"] == [{"targets": [f"api:{api_port}"]}]
-    # The API and the workers write their metrics to the shared data volume, which the API's /metrics adds up.
+    # The API and the workers write their metrics to a volume of their own (a tmpfs of this host, owned by the
+    # image's user), never to the data volume; the API's /metrics adds them up.
     for name in ("api", "worker"):
-        assert "data:/data" in services[name]["volumes"]
+        assert "data:/data" in services[name]["volumes"] and "metrics:/metrics" in services[name]["volumes"]
         assert services[name]["environment"]["VISIONTUNE_DATA_DIR"] == "/data"
+        assert services[name]["environment"]["VISIONTUNE_METRICS_DIR"] == "/metrics"
+    metrics = compose["volumes"]["metrics"]
+    assert metrics["driver_opts"]["type"] == "tmpfs"
+    options = dict(o.split("=", 1) for o in metrics["driver_opts"]["o"].split(","))
+    [uid] = re.findall(r"useradd .*--uid (\d+)", (REPO / "Dockerfile").read_text())
+    assert options["uid"] == uid and options["mode"] == "0700"
 
 
 def test_grafana_dashboard_queries_only_exported_metrics():

@@ -1,6 +1,7 @@
 """/metrics through a real `visiontune api --workers 2`: whichever uvicorn worker answers a scrape, it adds up the
 requests both served (multiprocess mode over the launcher's directory); the launcher wiped the directory of a
-launcher that is gone and claimed its own under data_dir/metrics."""
+launcher that is gone and claimed its own in its marked folder of VISIONTUNE_METRICS_DIR, leaving the rest of that
+directory alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from app.monitoring.multiproc import LOCK_SUFFIX
+from app.monitoring.multiproc import LOCK_SUFFIX, ensure_owned
 from tests.conftest import REDIS_URL
 from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http
 from tests.prometheus import parse, value
@@ -20,13 +21,17 @@ pytestmark = pytest.mark.e2e
 
 def test_two_api_workers_report_the_same_aggregated_counts(tmp_path):
     local = local_api(tmp_path, f"metrics-{uuid.uuid4().hex[:8]}", REDIS_URL)
-    root = tmp_path / "data" / "metrics"
-    stale = root / "api-gone-1"  # left by a launcher that died: nobody holds its lock
+    root = tmp_path / "data"  # the metrics root may even be the data directory: nothing else there is touched
+    (root / "datasets").mkdir(parents=True)
+    (root / "datasets" / "keep.txt").write_text("precious")
+    owned = ensure_owned(root)
+    stale = owned / "api-gone-1"  # left by a launcher that died: nobody holds its lock
     stale.mkdir(parents=True)
     (stale / "counter_1.db").write_bytes(b"")
-    (root / f"{stale.name}{LOCK_SUFFIX}").touch()
+    (owned / f"{stale.name}{LOCK_SUFFIX}").touch()
     port, log = free_port(), tmp_path / "api.log"
-    api = start(python("-m", "launcher.cli", "api", "--port", str(port), "--workers", "2"), local.env, log)
+    env = {**local.env, "VISIONTUNE_METRICS_DIR": str(root)}
+    api = start(python("-m", "launcher.cli", "api", "--port", str(port), "--workers", "2"), env, log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/health", api, log)  # one /health answered 200
@@ -51,8 +56,9 @@ def test_two_api_workers_report_the_same_aggregated_counts(tmp_path):
             assert value(samples, "visiontune_http_requests_total", **get, route="/metrics", status="200") == scrape
             assert value(samples, "visiontune_http_requests_total", method="POST", route="/keys", status="201") == 1
             assert value(samples, "visiontune_jobs", status="queued") == 0
-        [mine] = [d for d in root.iterdir() if d.is_dir()]
+        [mine] = [d for d in owned.iterdir() if d.is_dir()]
         assert not stale.exists() and mine.name.startswith(f"api-{socket.gethostname()}-")
+        assert (root / "datasets" / "keep.txt").read_text() == "precious"
         pids = {f.stem.rsplit("_", 1)[1] for f in mine.glob("histogram_*.db")}
         assert len(pids) == 2, pids  # both uvicorn workers write there
     finally:
