@@ -164,13 +164,15 @@ class JobRunner:
 
     def run(self, job_id: uuid.UUID) -> str:
         """Train job_id if it can be claimed; returns the outcome in one word (also counted in the metrics)."""
-        setup = DeviceSetup.for_device()
-        telemetry = TrainingTelemetry(setup.device)
-        outcome = self._run(job_id, setup, telemetry)
-        telemetry.finished(outcome)
+        telemetry = TrainingTelemetry()
+        outcome = "error"  # what the metrics count when _run raises (the job's record is then the reaper's)
+        try:
+            outcome = self._run(job_id, telemetry)
+        finally:
+            telemetry.finished(outcome)
         return outcome
 
-    def _run(self, job_id: uuid.UUID, setup: DeviceSetup, telemetry: TrainingTelemetry) -> str:
+    def _run(self, job_id: uuid.UUID, telemetry: TrainingTelemetry) -> str:
         attempt = self.with_db_retry(lambda: self.claim(job_id))
         if attempt is None:
             log.info("job %s is not claimable (finished, canceled, waiting to retry or owned by a worker)", job_id)
@@ -184,6 +186,10 @@ class JobRunner:
         )
         keeper.start()
         try:
+            # After the claim and inside the handlers: a device that cannot be set up (a CUDA init error) fails
+            # this job with its message instead of raising out of the task.
+            setup = DeviceSetup.for_device()
+            telemetry.on_device(setup.device)
             with session_scope(self.factory) as s:
                 job = s.get(Job, job_id)
                 assert job is not None

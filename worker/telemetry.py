@@ -53,20 +53,30 @@ def device_label(device: torch.device) -> str:
 
 
 class TrainingTelemetry:
-    """Updates the worker's instruments for one training run on `device`."""
+    """Updates the worker's instruments for one training run on `device`: given here, or once the run has set
+    its device up (on_device; a run that ends before, skipped or failed, counts its outcome only)."""
 
-    def __init__(self, device: torch.device, worker: str | None = None) -> None:
+    def __init__(self, device: torch.device | None = None, worker: str | None = None) -> None:
         self.worker = worker or worker_name()
+        self.device: torch.device | None = None
+        self.labels: tuple[str, str] | None = None
+        self.cuda = False
+        self.nvml = False
+        self.next_sample = 0.0
+        if device is not None:
+            self.on_device(device)
+
+    def on_device(self, device: torch.device) -> None:
+        """The run trains on device (its set-up succeeded)."""
         self.device = device
         self.labels = (self.worker, device_label(device))
         self.cuda = device.type == "cuda"
         self.nvml = self.cuda and importlib.util.find_spec("pynvml") is not None
-        self.next_sample = 0.0
 
     def step(self, images_per_second: float | None) -> None:
         """A training step ended: the epoch's pace so far (None before two steps), sampled about once a second."""
         now = time.monotonic()
-        if now < self.next_sample:
+        if self.labels is None or now < self.next_sample:
             return
         self.next_sample = now + SAMPLE_INTERVAL_S
         if images_per_second is not None:
@@ -74,19 +84,26 @@ class TrainingTelemetry:
         self.sample_gpu()
 
     def epoch(self, report: EpochReport) -> None:
+        if self.labels is None:
+            return
         EPOCH_DURATION.labels(*self.labels).observe(report.seconds)
         TRAINING_IMAGES.labels(*self.labels).inc(report.train.images)
         TRAINING_IMAGES_PER_SECOND.labels(*self.labels).set(report.train.images_per_second)
         self.sample_gpu()
 
     def finished(self, outcome: str) -> None:
-        """The run ended (outcome as JobRunner.run returns it): the worker is idle."""
+        """The run ended (outcome as JobRunner.run returns it, or `error` when it raised): the worker is idle."""
         TRAINING_RUNS.labels(self.worker, outcome).inc()
+        if self.labels is None:
+            return
         TRAINING_IMAGES_PER_SECOND.labels(*self.labels).set(0)
-        self.sample_gpu()
+        try:
+            self.sample_gpu()
+        except Exception as exc:  # a broken CUDA context must not hide how the run ended
+            log.warning("metrics: cannot sample the GPU (%s: %s)", exc.__class__.__name__, exc)
 
     def sample_gpu(self) -> None:
-        if not self.cuda:
+        if not self.cuda or self.labels is None or self.device is None:
             return
         import torch  # loaded already: this process trains on self.device
 

@@ -74,7 +74,7 @@ EPOCH_DURATION = Histogram(
 TRAINING_RUNS = Counter(
     "visiontune_training_runs",
     "Training attempts a worker ended, by outcome (succeeded, failed, canceled, requeued, retrying, lease-lost, "
-    "skipped)",
+    "skipped, error: the run raised before recording an outcome)",
     ["worker", "outcome"],
 )
 GPU_MEMORY_ALLOCATED = Gauge(

@@ -1,4 +1,5 @@
-"""The runner trains a real job in-process against real SQL and serves it through /predict."""
+"""The runner trains a real job in-process against real SQL and serves it through /predict; a device that cannot be
+set up, or a training that raises, fails the job with its message and leaves the worker's gauges idle."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import uuid
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY, generate_latest
 
 from app.db import make_engine, make_sessionmaker
+from app.ml.engine import DeviceSetup
 from app.models import Checkpoint, Epoch
-from tests.factories import cifar_imagefolder_zip
+from tests.factories import cifar_imagefolder_zip, tiny_job
+from tests.prometheus import Samples, parse, value
+from worker import runner as runner_module
 from worker.runner import JobRunner
+from worker.telemetry import worker_name
 
 
 def upload(client: TestClient, path: Path, **form: str) -> dict:
@@ -19,6 +25,10 @@ def upload(client: TestClient, path: Path, **form: str) -> dict:
         r = client.post("/datasets", files={"file": (path.name, f, "application/zip")}, data=form)
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def metric_samples() -> Samples:
+    return parse(generate_latest(REGISTRY).decode())
 
 
 def run_enqueued(settings, enqueued) -> list[str]:
@@ -111,3 +121,45 @@ def test_metrics_history_and_plots(client, settings, enqueued, tmp_path):
     assert client.get(f"/jobs/{job['id']}/confusion.png", params={"split": "val"}).status_code == 200
     detail = client.get(f"/jobs/{job['id']}").json()
     assert detail["baseline_metrics"]["status"] == "measured"
+
+
+def test_a_device_that_cannot_be_set_up_fails_the_job_with_its_message(
+    client, settings, enqueued, dataset_id, monkeypatch
+):
+    """DeviceSetup runs after the claim, inside the runner's handlers: a CUDA init error fails the job with its
+    message (it does not raise out of the task, leaving the job queued and its message re-sent forever)."""
+
+    def broken(cls: type[DeviceSetup], name: str | None = None) -> DeviceSetup:
+        raise RuntimeError("CUDA error: initialization error")
+
+    monkeypatch.setattr(DeviceSetup, "for_device", classmethod(broken))
+    r = client.post("/jobs", json=tiny_job(dataset_id, epochs=1))
+    assert r.status_code == 202, r.text
+    before = metric_samples()
+    assert run_enqueued(settings, enqueued) == ["failed"]
+    job = client.get(f"/jobs/{r.json()['id']}").json()
+    assert job["status"] == "failed" and job["error"] == "RuntimeError: CUDA error: initialization error"
+    runs = {"worker": worker_name(), "outcome": "failed"}
+    assert value(metric_samples(), "visiontune_training_runs_total", **runs) == (
+        value(before, "visiontune_training_runs_total", **runs) + 1
+    )
+
+
+def test_the_throughput_gauge_returns_to_zero_after_a_run_that_raises(
+    client, settings, enqueued, dataset_id, monkeypatch
+):
+    seen: dict[str, object] = {}
+
+    def failing_fit(config, class_names, splits, hooks, setup):  # an epoch under way, then an error
+        hooks.telemetry.step(50.0)
+        seen["labels"] = dict(zip(("worker", "device"), hooks.telemetry.labels, strict=True))
+        seen["during"] = value(metric_samples(), "visiontune_training_images_per_second", **seen["labels"])
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner_module, "fit", failing_fit)
+    r = client.post("/jobs", json=tiny_job(dataset_id, epochs=1))
+    assert r.status_code == 202, r.text
+    assert run_enqueued(settings, enqueued) == ["failed"]
+    assert seen["during"] == 50.0
+    assert value(metric_samples(), "visiontune_training_images_per_second", **seen["labels"]) == 0
+    assert client.get(f"/jobs/{r.json()['id']}").json()["error"] == "RuntimeError: out of memory"

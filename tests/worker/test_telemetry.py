@@ -1,5 +1,6 @@
 """The worker's training metrics: an epoch and the pace of one in progress reach the instruments under the worker's
-label; a CPU worker never initialises CUDA; on a GPU the memory gauges follow the allocator (marked gpu)."""
+label; a run that ends before its device is set up counts its outcome only; a CPU worker never initialises CUDA;
+on a GPU the memory gauges follow the allocator (marked gpu)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,19 @@ def test_gpu_memory_gauges_follow_the_allocator():
     if telemetry.nvml:  # pynvml installed and NVML answering
         assert 0 <= value(got, "visiontune_gpu_utilization_ratio", **labels) <= 1
     del block
+
+
+def test_a_run_that_ends_before_its_device_is_set_up_counts_its_outcome_only():
+    telemetry = TrainingTelemetry(worker="test-early@here")
+    telemetry.step(10.0)  # no device yet: nothing to label it with
+    telemetry.epoch(report(1, 8, 1.0))
+    telemetry.finished("failed")
+    got = samples()
+    assert value(got, "visiontune_training_runs_total", worker="test-early@here", outcome="failed") == 1
+    assert not [ls for name, ls in got if ("worker", "test-early@here") in ls and "runs" not in name]
+    telemetry = TrainingTelemetry(worker="test-late@here")
+    telemetry.on_device(torch.device("cpu"))
+    telemetry.step(7.0)
+    assert value(samples(), "visiontune_training_images_per_second", worker="test-late@here", device="cpu") == 7
+    telemetry.finished("error")
+    assert value(samples(), "visiontune_training_images_per_second", worker="test-late@here", device="cpu") == 0
