@@ -4,11 +4,14 @@ Each request is counted by method, route template and status once its response e
 closes), and its latency observed, except for event streams, whose length is the client's. The route is the
 template FastAPI matched (`/jobs/{job_id}`), never the raw path; a request the routing never reached (a guard's
 401 or 413) is matched against the documented route templates here, and a path no route knows counts as
-`unmatched`, so the label sets stay bounded whatever clients send.
+`unmatched`, so the label sets stay bounded whatever clients send. A request whose client went away before its
+response started (the request cancelled, or its body cut off by a disconnect) counts as status 499, nginx's
+"client closed request", not as a server error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.monitoring.instruments import HTTP_LATENCY, HTTP_REQUESTS
 
 UNMATCHED = "unmatched"
+CLIENT_CLOSED = 499  # nginx's status for a request its client abandoned before the response
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -61,8 +65,15 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500  # an exception that escapes before a response started is answered 500 outside us
-        streaming = False
+        status: int | None = None
+        streaming = disconnected = cancelled = False
+
+        async def observed_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def observed_send(message: Message) -> None:
             nonlocal status, streaming
@@ -74,8 +85,13 @@ class RequestMetrics:
             await send(message)
 
         try:
-            await self.app(scope, receive, observed_send)
+            await self.app(scope, observed_receive, observed_send)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
+            if status is None:  # no response started: the client left, or an exception is answered 500 outside us
+                status = CLIENT_CLOSED if cancelled or disconnected else 500
             method = scope["method"] if scope["method"] in METHODS else "other"
             labels = (method, route_template(scope, self.templates), str(status))
             HTTP_REQUESTS.labels(*labels).inc()

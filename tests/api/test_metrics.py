@@ -1,15 +1,24 @@
 """GET /metrics in-process (single-process mode: the default registry): Prometheus's text format, a key with the
 `metrics` scope (401 without a key, 403 with another scope), HTTP counters by route template that move with the
 requests, the jobs by status counted in SQL, the broker's queue depth read from Redis (and a scrape that still
-answers with the broker down)."""
+answers with the broker down); a request its client abandoned before the response counts as 499, not 500."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
+from app.api.request_metrics import RequestMetrics
 from app.main import create_app
 from app.queue import make_celery, redis_queue_keys, send_train_task
 from tests.api.test_auth import bearer, make_key
@@ -137,6 +146,69 @@ def test_a_broker_that_is_down_does_not_fail_the_scrape(settings, tmp_path):
     assert value(samples, "visiontune_broker_up") == 0
     assert series(samples, "visiontune_queue_messages") == []
     assert value(samples, "visiontune_database_up") == 1
+
+
+def test_a_request_its_client_abandoned_counts_as_499_not_500():
+    """An upload cut off by a disconnect, or a request cancelled (client gone) before its response started, is the
+    client's doing: status 499 (nginx's "client closed request"); an exception of the app stays a 500."""
+    started = asyncio.Event()
+
+    async def upload(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    async def slow(request: Request) -> PlainTextResponse:
+        started.set()
+        await asyncio.Event().wait()  # until cancelled
+        raise AssertionError("unreachable")
+
+    async def broken(request: Request) -> PlainTextResponse:
+        raise RuntimeError("a bug")
+
+    routes = [Route("/t/upload", upload, methods=["POST"]), Route("/t/slow", slow), Route("/t/broken", broken)]
+    templates = ["/t/upload", "/t/slow", "/t/broken"]
+    # As in app.main: inside Starlette's ServerErrorMiddleware (which answers an escaping exception with a 500).
+    app = Starlette(routes=routes, middleware=[Middleware(RequestMetrics, templates=lambda: templates)])
+
+    def scope(method: str, path: str) -> dict:
+        return {"type": "http", "method": method, "path": path, "root_path": "", "headers": [], "query_string": b""}
+
+    async def sent(message: dict) -> None:
+        pass
+
+    async def run() -> None:
+        parts = iter([{"type": "http.request", "body": b"abc", "more_body": True}, {"type": "http.disconnect"}])
+
+        async def cut_off() -> dict:
+            return next(parts)
+
+        with pytest.raises(ClientDisconnect):
+            await app(scope("POST", "/t/upload"), cut_off, sent)
+
+        async def waiting() -> dict:
+            await asyncio.Event().wait()
+            return {}
+
+        task = asyncio.create_task(app(scope("GET", "/t/slow"), waiting, sent))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(RuntimeError):
+            await app(scope("GET", "/t/broken"), waiting, sent)
+
+    before = parse(generate_latest(REGISTRY).decode())
+    asyncio.run(run())
+    after = parse(generate_latest(REGISTRY).decode())
+
+    def moved(method: str, route: str, status: str) -> float:
+        labels = {"method": method, "route": route, "status": status}
+        return value(after, "visiontune_http_requests_total", **labels) - value(
+            before, "visiontune_http_requests_total", **labels
+        )
+
+    assert moved("POST", "/t/upload", "499") == 1 and moved("POST", "/t/upload", "500") == 0
+    assert moved("GET", "/t/slow", "499") == 1 and moved("GET", "/t/slow", "500") == 0
+    assert moved("GET", "/t/broken", "500") == 1
 
 
 class socket_closed_port:
