@@ -140,7 +140,11 @@ def sweep_stale(owned: Path) -> list[str]:
         sub = _launcher_dir(owned, entry.name[: -len(LOCK_SUFFIX)])
         if sub is None or entry.is_symlink() or not entry.is_file():
             continue
-        f = _try_lock(entry)
+        try:
+            f = _try_lock(entry)
+        except OSError as exc:  # another user's file, or no locks here: leave it (claiming will tell)
+            log.debug("metrics: cannot lock %s (%s)", entry, exc)
+            continue
         if f is None:
             continue  # a live launcher holds it
         try:
@@ -175,7 +179,8 @@ def claim(root: Path, role: str) -> Path:
         lock = _try_lock(owned / f"{name}{LOCK_SUFFIX}")
         if lock is not None:
             break
-        time.sleep(0.02 * 2**attempt)
+        if attempt < CLAIM_TRIES - 1:
+            time.sleep(0.02 * 2**attempt)
     else:
         raise MetricsDirError(errno.EAGAIN, "cannot lock this launcher's metrics directory", str(owned / name))
     sub = owned / name

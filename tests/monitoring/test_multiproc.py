@@ -141,9 +141,11 @@ def test_a_metrics_root_with_other_contents_loses_nothing(tmp_path):
     (owned / "notes.lock").touch()
     (owned / "foo.lock").touch()
     (owned / "readme.txt").write_text("x")
+    (owned / "api-evil-3").symlink_to(root / "datasets")  # a link of a launcher's name is never followed
     gone = owned / "worker-otherhost-12"
     gone.mkdir()
     assert sweep_stale(owned) == [gone.name]
+    assert (owned / "api-evil-3").is_symlink()
     assert all((d / "file").read_text() == "precious" for d in keep)
     assert all(f.read_text() == "precious" for f in keep_files)
     assert (owned / "notes").is_dir() and (owned / "notes.lock").exists() and (owned / "foo.lock").exists()
