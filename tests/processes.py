@@ -41,6 +41,7 @@ def local_api(tmp_path: Path, queue: str, redis_url: str) -> LocalApi:
     env = {
         "VISIONTUNE_DATABASE_URL": db,
         "VISIONTUNE_DATA_DIR": str(tmp_path / "data"),
+        "VISIONTUNE_METRICS_DIR": str(tmp_path / "metrics"),
         "VISIONTUNE_BROKER_URL": f"{redis_url}/0",
         "VISIONTUNE_QUEUE": queue,
         "VISIONTUNE_ADMIN_KEY": key,
@@ -60,7 +61,8 @@ def embedded_server(tmp: Path, env: dict[str, str]) -> Iterator[str]:
     port, redis_port = free_port(), free_port()
     log = tmp / "run.log"
     argv = python("-m", "launcher.cli", "run", "--port", str(port), "--redis-port", str(redis_port))
-    proc = start(argv, {"VISIONTUNE_DATA_DIR": str(tmp / "var"), **env}, log)
+    own = {"VISIONTUNE_DATA_DIR": str(tmp / "var"), "VISIONTUNE_METRICS_DIR": str(tmp / "metrics")}
+    proc = start(argv, {**own, **env}, log)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, log)
         yield f"http://127.0.0.1:{port}"
@@ -76,7 +78,11 @@ def free_port() -> int:
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Start argv in its own process group (so the whole tree can be stopped), output to log."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONTUNE_")}
+    # Nor the multiprocess metrics directory a launcher run in this process may have set: each process tree
+    # claims its own.
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("VISIONTUNE_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     full_env.update(env)
     full_env["PYTHONUNBUFFERED"] = "1"
     out = log.open("wb")

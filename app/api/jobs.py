@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse
@@ -87,6 +87,13 @@ def estimate_job(body: JobCreate, caller: TrainCaller, session: SessionDep, sett
     """How much a job would train (images per epoch, epochs, TFLOPs) and for how long, from this server's
     measured training rate; the body is POST /jobs's, validated the same way. Nothing is submitted."""
     return estimates.estimate_job(session, settings, caller, body)
+
+
+@router.api_route("/estimate", methods=["GET", "DELETE"], include_in_schema=False)
+def estimate_other_methods() -> None:
+    """/jobs/estimate is POST only: without this, GET and DELETE would reach /jobs/{job_id} and answer that
+    "estimate" is not a job id, instead of 405 with Allow."""
+    raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
 
 
 @router.get("", response_model=Page[JobSummary], responses=errors())
