@@ -115,33 +115,49 @@ def delete_dataset(dataset_id: uuid.UUID, caller: TrainCaller, session: SessionD
     return Response(status_code=204)
 
 
-@router.get("/{dataset_id}/samples", response_model=DatasetSamples, responses=errors(404, 422))
+@router.get("/{dataset_id}/samples", response_model=DatasetSamples, responses=errors(404, 422, 503))
 def dataset_samples(
+    request: Request,
     dataset_id: uuid.UUID,
     caller: ReadCaller,
-    session: SessionDep,
+    settings: SettingsDep,
     per_class: Annotated[int, Query(ge=1, le=16, description="image refs per class")] = 4,
     split: Annotated[str, Query(max_length=20, description="one of the dataset's splits")] = "train",
 ) -> DatasetSamples:
     """Each class of a split with its image count and a few image refs, spread over the class (the same ones
-    every time); show them with GET /datasets/{id}/images/{ref}."""
-    return dataset_images.samples(session, caller.project, dataset_id, split, per_class)
+    every time); show them with GET /datasets/{id}/images/{ref}. 503 with Retry-After while the server is busy
+    building other datasets' indexes."""
+    # No session of the request's: the dataset's row is read in a short one, closed before the index is built.
+    factory = request.app.state.sessionmaker
+    return dataset_images.samples(factory, settings, caller.project, dataset_id, split, per_class)
 
 
 JPEG = {"content": {"image/jpeg": {}}, "description": "JPEG thumbnail"}
 
 
-@router.get("/{dataset_id}/images/{ref}", response_class=Response, responses={200: JPEG, **errors(404, 422)})
+@router.get("/{dataset_id}/images/{ref}", response_class=Response, responses={200: JPEG, **errors(404, 422, 503)})
 def dataset_image(
+    request: Request,
     dataset_id: uuid.UUID,
     ref: Annotated[int, Path(ge=0, le=MAX_OFFSET, description="the image's number in the dataset")],
     caller: ReadCaller,
-    session: SessionDep,
     settings: SettingsDep,
-    size: Annotated[int, Query(ge=16, le=256, description="longest side in pixels (never enlarged)")] = 96,
+    size: Annotated[
+        int,
+        Query(
+            ge=16,
+            le=256,
+            description="longest side in pixels, at most (never enlarged): served at the largest of "
+            "16, 24, 32, 48, 64, 96, 128, 192, 256 not above it",
+        ),
+    ] = 96,
 ) -> Response:
-    """A thumbnail of one image of the dataset, by the ref the samples and confusion routes give."""
-    body = dataset_images.thumbnail(session, settings, caller.project, dataset_id, ref, size)
+    """A thumbnail of one image of the dataset, by the ref the samples and confusion routes give. 422 for an image
+    of more than VISIONTUNE_MAX_PREDICT_PIXELS pixels; 503 with Retry-After while the server is decoding as many
+    images as it allows at once."""
+    # No session of the request's: the dataset's row is read in a short one, closed before anything is decoded.
+    factory = request.app.state.sessionmaker
+    body = dataset_images.thumbnail(factory, settings, caller.project, dataset_id, ref, size)
     return Response(
         body,
         media_type=dataset_images.THUMBNAIL_MEDIA_TYPE,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 import zipfile
 
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.ml import image_index
+from app.ml.data import ImageTooLarge
+from app.services import dataset_images
 from tests.factories import CIFAR_DIR, cifar_arrays, cifar_python_archive, color_images_zip, png_bytes
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -68,6 +72,12 @@ def test_large_images_are_shrunk_to_the_size_asked(client, tmp_path):
     assert thumbnail(client, ds, 3, size=64).size == (64, 43)
     assert thumbnail(client, ds, 0).size == (96, 64)
     assert thumbnail(client, ds, 1, size=256).size == (256, 171)
+    # Sizes snap down to a few sides, so an image has a handful of thumbnails however many sizes are asked for.
+    assert thumbnail(client, ds, 3, size=100).size == (96, 64)
+    assert (
+        client.get(f"/datasets/{ds}/images/3", params={"size": 127}).content
+        == client.get(f"/datasets/{ds}/images/3", params={"size": 96}).content
+    )
 
 
 def test_cifar_refs_run_through_the_train_batches_then_the_test_batch(client, tmp_path):
@@ -161,3 +171,59 @@ def test_imagefolder_splits_are_numbered_train_then_val_then_test(client, tmp_pa
         for ref in refs[split][name]:
             means = np.asarray(thumbnail(client, ds, ref), dtype=np.float64).mean(axis=(0, 1))
             assert int(means.argmax()) == channel, (split, name, ref)
+
+
+def test_no_database_connection_is_held_while_indexing_or_decoding(client, dataset_id, monkeypatch):
+    pool = client.app.state.engine.pool
+    held: list[int] = []
+    real_index, real_decode = image_index.DatasetImages, image_index.decode_image
+
+    def index(*args, **kwargs):
+        held.append(pool.checkedout())
+        return real_index(*args, **kwargs)
+
+    def decode(*args, **kwargs):
+        held.append(pool.checkedout())
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_images, "DatasetImages", index)
+    monkeypatch.setattr(image_index, "decode_image", decode)
+    assert client.get(f"/datasets/{dataset_id}/samples").status_code == 200
+    thumbnail(client, dataset_id, 5, size=32)
+    assert held == [0, 0]  # one index build, one decode, each with every pooled connection back in the pool
+
+
+def test_an_image_over_the_thumbnail_pixel_limit_is_422_and_not_decoded(client, dataset_id, settings, monkeypatch):
+    real = image_index.decode_image
+    refused: list[BaseException] = []
+
+    def decode(*args, **kwargs):
+        try:
+            return real(*args, **kwargs)
+        except ImageTooLarge as exc:
+            refused.append(exc)
+            raise
+
+    monkeypatch.setattr(image_index, "decode_image", decode)
+    monkeypatch.setattr(settings, "max_predict_pixels", 255)  # the dataset's images are 16x16 = 256 pixels
+    r = client.get(f"/datasets/{dataset_id}/images/0")
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert "16x16" in message and "at most 255 pixels" in message and "VISIONTUNE_MAX_PREDICT_PIXELS" in message
+    assert len(refused) == 1 and refused[0].size == (16, 16)  # refused from its header, before any pixel
+
+
+def test_requests_beyond_the_decode_slots_are_503_with_retry_after(client, dataset_id, monkeypatch):
+    cached = client.get(f"/datasets/{dataset_id}/images/0").content
+    monkeypatch.setattr(dataset_images, "_decode_slots", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(dataset_images, "DECODE_WAIT_SECONDS", 0.01)
+    assert dataset_images._decode_slots.acquire(timeout=1)  # another request decoding
+    try:
+        r = client.get(f"/datasets/{dataset_id}/images/1")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"]["code"] == "service_unavailable"
+        r = client.get(f"/datasets/{dataset_id}/images/0")  # a cached thumbnail needs no decode
+        assert r.status_code == 200 and r.content == cached
+    finally:
+        dataset_images._decode_slots.release()
+    assert thumbnail(client, dataset_id, 1).size == (16, 16)
