@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
@@ -19,7 +18,7 @@ class _Commands(TyperGroup):
     """The command tree; Ctrl-C in any command ends it with `interrupted` and exit 130 (Typer's own handling
     exits silently, or prints `Aborted!` with exit 1 in older versions)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # Any: a click.Context, or Typer's vendored one (typer >= 0.26)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:

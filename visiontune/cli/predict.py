@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from visiontune.cli.common import JsonOpt, client, console, plain, print_json
 
@@ -29,7 +30,7 @@ def predict(
     for pred in result.predictions:
         for rank, score in enumerate(pred.top):
             bar = "█" * round(20 * score.probability)
-            name = plain(pred.filename) if rank == 0 else ""
+            name: Text | str = plain(pred.filename) if rank == 0 else ""
             table.add_row(name, plain(score.label), f"{score.probability:.3f}", bar)
         table.add_section()
     console.print(table)
