@@ -34,6 +34,10 @@ CHEAP_JOB = {
     "baseline": False,
 }
 
+# A weights file the server accepts (it exists under VISIONTUNE_WEIGHTS_ROOT; the key is an admin's) but the worker
+# cannot load: a job naming it fails at once, every time (not a transient error, so it is not retried).
+BROKEN_WEIGHTS = "broken.safetensors"
+
 
 @dataclass
 class Server:
@@ -59,8 +63,11 @@ def color_folder(root: Path, per_class: int = 8, size: int = 16) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
     key = "vt_" + secrets.token_urlsafe(32)
+    (tmp / "weights").mkdir()
+    (tmp / "weights" / BROKEN_WEIGHTS).write_bytes(b"not a safetensors file")
     env = {
         "VISIONTUNE_ADMIN_KEY": key,
+        "VISIONTUNE_WEIGHTS_ROOT": str(tmp / "weights"),
         "VISIONTUNE_RATE_LIMIT_WRITE": "100000/minute",
         "VISIONTUNE_RATE_LIMIT_PREDICT": "100000/minute",
     }

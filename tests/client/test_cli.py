@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.client.conftest import CHEAP_JOB, REPO, Server, cli_env, plain, run_cli
+from tests.client.conftest import BROKEN_WEIGHTS, CHEAP_JOB, REPO, Server, cli_env, plain, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -191,3 +191,19 @@ def test_a_job_file_and_follow_exit_codes_when_canceled_or_out_of_time(server: S
     deleted = run_cli(cfg, "datasets", "delete", up["id"], "--json")
     assert deleted.returncode == 0 and json.loads(deleted.stdout) == {"deleted": up["id"]}
     assert run_cli(cfg, "datasets", "show", up["id"]).returncode == 1
+
+
+def test_follow_exits_3_when_the_job_fails(server: Server, images: Path, cfg: Path) -> None:
+    """A job the server accepts but the worker cannot run (its weights file is not a safetensors file): --follow
+    shows why and exits 3; following the failed job again with --json prints it as JSON, also with exit 3."""
+    up = json.loads(run_cli(cfg, "datasets", "upload", str(images), "--name", "to-fail", "--json").stdout)
+    flags = [*job_flags(up["id"], "broken", 1), "--set", f"weights={BROKEN_WEIGHTS}"]
+    failed = run_cli(cfg, "jobs", "submit", *flags, "--follow")
+    assert failed.returncode == 3, failed.stdout + failed.stderr
+    assert "status: failed" in failed.stdout and "Traceback" not in failed.stderr
+    job_id = failed.stdout.split("job ", 1)[1].split()[0]
+    assert f"job {job_id} failed: " in failed.stderr
+    again = run_cli(cfg, "jobs", "follow", job_id, "--json")
+    assert again.returncode == 3 and again.stderr == ""
+    job = json.loads(again.stdout)
+    assert job["status"] == "failed" and job["failures"] == 0 and job["error"]
