@@ -45,7 +45,7 @@ bench: install
 
 # On a CUDA host: the GPU tests (skipped elsewhere), then the ResNet-50 throughput benchmark.
 gpu-check: install
-	$(BIN)/python -m pytest -m gpu tests/ml/test_gpu.py
+	$(BIN)/python -m pytest -m gpu tests
 	$(BIN)/python benchmarks/gpu_throughput.py
 
 clean:
