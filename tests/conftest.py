@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,8 @@ def _pg_admin():
     return psycopg.connect(PG_ADMIN_URL, autocommit=True)
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
+@contextmanager
+def _new_pg_database() -> Iterator[str]:
     """A new PostgreSQL database on the local server, migrated to head, dropped afterwards."""
     name = f"visiontune_test_{uuid.uuid4().hex[:10]}"
     with _pg_admin() as conn:
@@ -57,9 +58,27 @@ def pg_database() -> Iterator[str]:
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     url = f"{base}/{name}"
     upgrade(url)
-    yield url
-    with _pg_admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield url
+    finally:
+        with _pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """The session's PostgreSQL database, shared by the tests that use it."""
+    with _new_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_pg_database() -> Iterator[str]:
+    """A PostgreSQL database of this test alone: the shared one holds other tests' unfinished jobs, which the
+    reaper of a real `visiontune worker` re-sends to its worker (right in production, noise in a test that
+    counts what its worker trained)."""
+    with _new_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

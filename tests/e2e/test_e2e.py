@@ -114,15 +114,14 @@ def check_metrics(base: str, auth: dict[str, str], job_id: str, predicted_images
     assert not any(job_id in dict(labels).get("route", "") for _, labels in samples)  # templates, not raw paths
 
 
-def test_api_and_worker_processes_on_postgres_and_redis(pg_database, tmp_path):
+def test_api_and_worker_processes_on_postgres_and_redis(own_pg_database, tmp_path):
     port = free_port()
     env = {
-        "VISIONTUNE_DATABASE_URL": pg_database,
+        "VISIONTUNE_DATABASE_URL": own_pg_database,
         "VISIONTUNE_BROKER_URL": f"{REDIS_URL}/0",
         "VISIONTUNE_QUEUE": f"e2e-{uuid.uuid4().hex[:8]}",
         "VISIONTUNE_DATA_DIR": str(tmp_path / "data"),
         "VISIONTUNE_ADMIN_KEY": new_key(),
-        "VISIONTUNE_MAX_ACTIVE_JOBS": "100000",  # the session's PostgreSQL database is shared
     }
     api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
     api = start(python("-m", "launcher.cli", "api", "--port", str(port)), env, api_log)
