@@ -3,17 +3,11 @@
 //   routes:      hash segments decoded and checked before any fetch (bad percent-encoding, "../" smuggling)
 //   polling:     GET /jobs/{id}/events answers 503 (no live events): the job is polled until it finishes
 //   badHandler:  an onEvent that throws on one event: logged, the stream goes on, no reconnect
+import "./session_stub.mjs";
 import { followEvents } from "../../app/ui/static/api.js";
 import { classNames } from "../../app/ui/static/job.js";
 import { isModelName, isUuid, routeParams } from "../../app/ui/static/params.js";
 
-const store = new Map();
-globalThis.sessionStorage = {
-  getItem: (k) => (store.has(k) ? store.get(k) : null),
-  setItem: (k, v) => store.set(k, String(v)),
-  removeItem: (k) => store.delete(k),
-};
-sessionStorage.setItem("visiontune.apiKey", "vt_test");
 const realSetTimeout = globalThis.setTimeout;
 globalThis.setTimeout = (fn, _ms, ...args) => realSetTimeout(fn, 0, ...args); // no waiting between polls/retries
 

@@ -2,15 +2,9 @@
 // connection is cut mid-stream (an event split across chunks, CRLF line ends, a comment, a two-line data field);
 // the client must reconnect with Last-Event-ID and end up with every event once, in order, and stop after the
 // terminal status. Prints the received events and the Last-Event-ID headers it sent as JSON.
+import "./session_stub.mjs";
 import { followEvents } from "../../app/ui/static/api.js";
 
-const store = new Map();
-globalThis.sessionStorage = {
-  getItem: (k) => (store.has(k) ? store.get(k) : null),
-  setItem: (k, v) => store.set(k, String(v)),
-  removeItem: (k) => store.delete(k),
-};
-sessionStorage.setItem("visiontune.apiKey", "vt_test");
 
 const first = [
   ": keep-alive\r\n\r\n",
