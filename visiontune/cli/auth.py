@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from visiontune import config
-from visiontune.cli.common import JsonOpt, console, print_json
+from visiontune.cli.common import JsonOpt, print_json, say
 from visiontune.client import Client
 from visiontune.errors import APIError, ClientError
 
@@ -36,11 +36,9 @@ def login(
     if as_json:
         print_json({"url": url, "config": str(path), "note": note or None})
         return
-    console.print(
-        f"Logged in to {url} (key {key[:10]}…, saved in {path})", markup=False, highlight=False, soft_wrap=True
-    )
+    say(f"Logged in to {url} (key {key[:10]}…, saved in {path})")
     if note:
-        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        say(f"note: {note}")
 
 
 def logout(as_json: JsonOpt = False) -> None:
@@ -49,4 +47,4 @@ def logout(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json({"logged_out": removed, "config": str(config.login_path())})
     else:
-        console.print("Logged out." if removed else "Not logged in.", markup=False, highlight=False, soft_wrap=True)
+        say("Logged out." if removed else "Not logged in.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -41,6 +42,19 @@ console = _console()
 err_console = _console(stderr=True)
 
 
+def say(text: str, stderr: bool = False) -> None:
+    """One line of text as it is: never read as rich markup (API names may hold brackets), never highlighted."""
+    (err_console if stderr else console).print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def emit(value: Any, as_json: bool, render: Callable[[], None]) -> None:
+    """value as JSON under --json, else what render() prints."""
+    if as_json:
+        print_json(value)
+    else:
+        render()
+
+
 def report(exc: ClientError, as_json: bool) -> None:
     """An error on stderr, never a traceback: `error: MESSAGE`, or with --json `{"error": {"code", "message"}}`
     (plus the HTTP `status` when the API refused)."""
@@ -53,7 +67,7 @@ def report(exc: ClientError, as_json: bool) -> None:
         sys.stderr.write(json.dumps({"error": body}) + "\n")
         sys.stderr.flush()
     else:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        say(f"error: {exc}", stderr=True)
 
 
 def client_error_code(exc: ClientError) -> str:
@@ -128,6 +142,6 @@ def follow(job: Job, as_json: bool, timeout: float | None) -> None:
             summary += acc + version
         elif detail.error:
             summary += f": {detail.error}"
-        (console if code == 0 else err_console).print(summary, markup=False, highlight=False, soft_wrap=True)
+        say(summary, stderr=code != 0)
     if code:
         raise typer.Exit(code)

@@ -12,7 +12,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from app.schemas import DatasetOut
-from visiontune.cli.common import ID, JsonOpt, client, console, plain, print_json, when
+from visiontune.cli.common import ID, JsonOpt, client, console, emit, plain, print_json, say, when
 
 app = typer.Typer(help="Upload and manage datasets.", no_args_is_help=True)
 
@@ -32,7 +32,7 @@ def show_dataset(d: DatasetOut) -> None:
         table.add_row(plain(split), *(str(counts.get(c, 0)) for c in d.class_names), str(sum(counts.values())))
     console.print(table)
     for item in d.invalid_files[:20]:
-        console.print(f"left out: {item}", markup=False, highlight=False, soft_wrap=True)
+        say(f"left out: {item}")
 
 
 @app.command()
@@ -97,10 +97,7 @@ def show(dataset_id: str, as_json: JsonOpt = False) -> None:
     """A dataset's classes and image counts per split."""
     with client() as c:
         dataset = c.datasets.get(dataset_id)
-    if as_json:
-        print_json(dataset)
-    else:
-        show_dataset(dataset)
+    emit(dataset, as_json, lambda: show_dataset(dataset))
 
 
 @app.command()
@@ -111,4 +108,4 @@ def delete(dataset_id: str, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json({"deleted": dataset_id})
     else:
-        console.print(f"Deleted dataset {dataset_id}.", markup=False, highlight=False, soft_wrap=True)
+        say(f"Deleted dataset {dataset_id}.")

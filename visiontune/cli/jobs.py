@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from app.schemas import JobDetail
-from visiontune.cli.common import ID, JsonOpt, client, console, follow, pct, plain, print_json, when
+from visiontune.cli.common import ID, JsonOpt, client, console, emit, follow, pct, plain, print_json, say, when
 from visiontune.errors import ClientError
 from visiontune.events import JobEvent
 from visiontune.progress import epoch_text, progress_line, status_text
@@ -104,7 +104,7 @@ def submit(
                 )
             return
         if not as_json:
-            console.print(f"job {job.id} submitted", markup=False, highlight=False, soft_wrap=True)
+            say(f"job {job.id} submitted")
         follow(job, as_json, timeout)
 
 
@@ -139,7 +139,7 @@ def show_job(j: JobDetail) -> None:
     if j.error:
         lines.append(f"error: {j.error}")
     for line in lines:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        say(line)
     if j.epochs:
         table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds", "img/s")
         for e in j.epochs:
@@ -164,10 +164,7 @@ def show(job_id: str, as_json: JsonOpt = False) -> None:
     """A job's status, epochs and metrics."""
     with client() as c:
         job = c.jobs.get(job_id)
-    if as_json:
-        print_json(job)
-    else:
-        show_job(job)
+    emit(job, as_json, lambda: show_job(job))
 
 
 @app.command()
@@ -179,7 +176,7 @@ def cancel(job_id: str, as_json: JsonOpt = False) -> None:
         print_json(job)
     else:
         state = "cancel requested" if job.status == "running" else job.status
-        console.print(f"job {job.id} {state}", markup=False, highlight=False, soft_wrap=True)
+        say(f"job {job.id} {state}")
 
 
 def event_line(event: JobEvent) -> str:
@@ -207,7 +204,7 @@ def events(
             if as_json:
                 print_json(event.to_json(), indent=None)
             else:
-                console.print(event_line(event), markup=False, highlight=False, soft_wrap=True)
+                say(event_line(event))
 
 
 @app.command("follow")

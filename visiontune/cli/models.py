@@ -9,7 +9,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from app.schemas import ModelOut
-from visiontune.cli.common import JsonOpt, client, console, pct, plain, print_json, when
+from visiontune.cli.common import JsonOpt, client, console, emit, pct, plain, print_json, say, when
 
 app = typer.Typer(help="The model registry: versions, what serves, pins, aliases, rollback.", no_args_is_help=True)
 
@@ -44,7 +44,7 @@ def done(m: ModelOut, as_json: bool, what: str) -> None:
     if as_json:
         print_json(m)
     else:
-        console.print(what, markup=False, highlight=False, soft_wrap=True)
+        say(what)
         show_model(m)
 
 
@@ -75,10 +75,7 @@ def show(name: str, as_json: JsonOpt = False) -> None:
     """A model's versions, which one serves, its pin and aliases."""
     with client() as c:
         model = c.models.get(name)
-    if as_json:
-        print_json(model)
-    else:
-        show_model(model)
+    emit(model, as_json, lambda: show_model(model))
 
 
 @app.command()
