@@ -29,21 +29,25 @@ function authHeaders(extra) {
   return headers;
 }
 
-async function errorOf(res) {
-  let code = `http_${res.status}`;
-  let message = `${res.status} ${res.statusText}`;
+/** The ApiError of a 4xx/5xx answer: the server's {error: {code, message, details}} when the body has one (else the
+ * status line), and the Retry-After wait of a 429/503. Shared by fetch (errorOf) and the XHR upload. */
+function errorFrom(status, statusText, body, retryAfter) {
+  let code = `http_${status}`;
+  let message = `${status} ${statusText}`;
   let details;
+  if (body && body.error) ({ code, message, details } = body.error);
+  if ((status === 429 || status === 503) && retryAfter) message += ` (retry in ${retryAfter} s)`;
+  return new ApiError(status, code, message, details);
+}
+
+async function errorOf(res) {
+  let body = null;
   try {
-    const body = await res.json();
-    if (body && body.error) ({ code, message, details } = body.error);
+    body = await res.json();
   } catch {
     /* not JSON: keep the status line */
   }
-  if (res.status === 429 || res.status === 503) {
-    const wait = res.headers.get("Retry-After");
-    if (wait) message += ` (retry in ${wait} s)`;
-  }
-  return new ApiError(res.status, code, message, details);
+  return errorFrom(res.status, res.statusText, body, res.headers.get("Retry-After"));
 }
 
 function check(err) {
@@ -84,10 +88,8 @@ export function upload(path, form, onProgress) {
     xhr.responseType = "json";
     xhr.upload.addEventListener("progress", (e) => e.lengthComputable && onProgress(e.loaded, e.total));
     xhr.addEventListener("load", () => {
-      const body = xhr.response;
-      if (xhr.status >= 200 && xhr.status < 300) return resolve(body);
-      const err = body && body.error ? body.error : { code: `http_${xhr.status}`, message: xhr.statusText };
-      reject(check(new ApiError(xhr.status, err.code, err.message, err.details)));
+      if (xhr.status >= 200 && xhr.status < 300) return resolve(xhr.response);
+      reject(check(errorFrom(xhr.status, xhr.statusText, xhr.response, xhr.getResponseHeader("Retry-After"))));
     });
     xhr.addEventListener("error", () => reject(new ApiError(0, "network_error", "the upload was interrupted")));
     xhr.send(form);
