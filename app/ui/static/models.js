@@ -63,8 +63,7 @@ async function exportsPanel(name, version, signal) {
   const base = `/models/${encodeURIComponent(name)}/versions/${version}/exports`;
   async function refresh() {
     try {
-      const items = await api(base, { signal });
-      const list = Array.isArray(items) ? items : items.items || [];
+      const list = await api(base, { signal }); // a list, not a page
       clear(
         box,
         list.length
