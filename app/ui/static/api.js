@@ -117,7 +117,9 @@ export class BlobUrls {
   }
 }
 
-const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+/** A job's statuses: still to run or running, and final (a job in one of these does not change again). */
+export const ACTIVE = new Set(["queued", "running"]);
+export const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const sleep = (ms, signal) =>
   new Promise((resolve) => {
     const t = setTimeout(resolve, ms);

@@ -3,6 +3,7 @@
 import { api } from "./api.js";
 import { COLORS, lineChart } from "./charts.js";
 import { badge, clear, errorBox, h, pct, put, shortId, table, when } from "./dom.js";
+import { jobColumns } from "./jobs.js";
 import { isUuid } from "./params.js";
 
 const METRICS = [
@@ -62,24 +63,7 @@ export async function render(main, { query, signal }) {
 
   const picker = table(
     [
-      {
-        label: "Show",
-        cell: (j) =>
-          h("input", {
-            type: "checkbox",
-            "aria-label": `show job ${shortId(j.id)}`,
-            checked: picked.has(j.id),
-            onchange: (e) => {
-              if (e.target.checked) picked.add(j.id);
-              else picked.delete(j.id);
-              draw();
-            },
-          }),
-      },
-      { label: "Job", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, shortId(j.id)) },
-      { label: "Model", cell: (j) => j.model_name },
-      { label: "Architecture", cell: (j) => `${j.arch} · ${j.strategy}` },
-      { label: "Status", cell: (j) => badge(j.status) },
+      ...jobColumns({ label: "Show", verb: "show", selected: picked, onToggle: draw }),
       { label: "Created", cell: (j) => when(j.created_at) },
     ],
     page.items,

@@ -1,11 +1,10 @@
 // One job: live curves and progress over its events, before/after metrics, per-class table, and a confusion
 // matrix whose cells open the validation images of that (true, predicted) pair.
 
-import { BlobUrls, POLL_MS, api, followEvents } from "./api.js";
+import { ACTIVE, BlobUrls, POLL_MS, api, followEvents } from "./api.js";
 import { lineChart } from "./charts.js";
 import { badge, clear, duration, errorBox, h, num, pct, progressBar, put, shortId, table, when } from "./dom.js";
 
-const ACTIVE = new Set(["queued", "running"]);
 const THUMBS_PER_PAGE = 24;
 
 function comparison(before, after) {

@@ -1,9 +1,8 @@
 // Jobs: status, progress, best accuracy, started/finished; pick some to compare.
 
-import { api } from "./api.js";
+import { ACTIVE, api } from "./api.js";
 import { badge, clear, errorBox, h, pct, progressBar, put, shortId, table, when } from "./dom.js";
 
-const ACTIVE = new Set(["queued", "running"]);
 const POLL_MS = 5000; // while a listed job is queued or running
 
 /** Progress and best validation accuracy of a job, from its detail. */
@@ -15,6 +14,33 @@ export function jobFacts(detail) {
   let fraction = total ? done / total : 0;
   if (detail.status === "succeeded") fraction = 1;
   return { total, done, best, fraction };
+}
+
+/**
+ * The columns the jobs list and the compare picker start with: a checkbox that adds the job to `selected` or
+ * removes it (aria-label "<verb> job <id>", then onToggle()), and the job's link, model, architecture and status.
+ */
+export function jobColumns({ label, verb, selected, onToggle }) {
+  return [
+    {
+      label,
+      cell: (j) =>
+        h("input", {
+          type: "checkbox",
+          "aria-label": `${verb} job ${shortId(j.id)}`,
+          checked: selected.has(j.id),
+          onchange: (e) => {
+            if (e.target.checked) selected.add(j.id);
+            else selected.delete(j.id);
+            onToggle();
+          },
+        }),
+    },
+    { label: "Job", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, shortId(j.id)) },
+    { label: "Model", cell: (j) => j.model_name },
+    { label: "Architecture", cell: (j) => `${j.arch} · ${j.strategy}` },
+    { label: "Status", cell: (j) => badge(j.status) },
+  ];
 }
 
 export async function render(main, { signal }) {
@@ -45,24 +71,7 @@ export async function render(main, { signal }) {
         box,
         table(
           [
-            {
-              label: "Compare",
-              cell: (j) =>
-                h("input", {
-                  type: "checkbox",
-                  "aria-label": `compare job ${shortId(j.id)}`,
-                  checked: selected.has(j.id),
-                  onchange: (e) => {
-                    if (e.target.checked) selected.add(j.id);
-                    else selected.delete(j.id);
-                    updateLink();
-                  },
-                }),
-            },
-            { label: "Job", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, shortId(j.id)) },
-            { label: "Model", cell: (j) => j.model_name },
-            { label: "Architecture", cell: (j) => `${j.arch} · ${j.strategy}` },
-            { label: "Status", cell: (j) => badge(j.status) },
+            ...jobColumns({ label: "Compare", verb: "compare", selected, onToggle: updateLink }),
             {
               label: "Progress",
               cell: (j) => {
