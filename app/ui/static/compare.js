@@ -21,11 +21,26 @@ export async function render(main, { query, signal }) {
   const summary = h("div", {});
   const status = h("div", { "aria-live": "polite" });
 
+  // id -> promise of its metrics: a click fetches only the jobs not fetched yet (a failed fetch is forgotten, to be
+  // tried again). Each draw takes a number; one whose fetches end after a later draw began is dropped, so a slow
+  // old answer cannot draw over a newer selection.
+  const metrics = new Map();
+  const metricsOf = (id) => {
+    if (!metrics.has(id)) {
+      const promise = api(`/jobs/${id}/metrics`, { signal });
+      metrics.set(id, promise);
+      promise.catch(() => metrics.delete(id));
+    }
+    return metrics.get(id);
+  };
+  let draws = 0;
+
   async function draw() {
+    const mine = ++draws;
     history.replaceState(null, "", `#/compare?ids=${[...picked].join(",")}`);
     try {
-      const ids = [...picked];
-      const all = await Promise.all(ids.map((id) => api(`/jobs/${id}/metrics`, { signal })));
+      const all = await Promise.all([...picked].map(metricsOf));
+      if (mine !== draws) return;
       const jobs = new Map(page.items.map((j) => [j.id, j]));
       for (const [, chart] of charts) chart.reset();
       all.forEach((m, i) => {
@@ -57,7 +72,7 @@ export async function render(main, { query, signal }) {
       );
       clear(status);
     } catch (err) {
-      if (err.name !== "AbortError") clear(status, errorBox(err));
+      if (err.name !== "AbortError" && mine === draws) clear(status, errorBox(err));
     }
   }
 
