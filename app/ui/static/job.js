@@ -69,8 +69,9 @@ function perClassTable(val, test, names) {
 
 export async function render(main, { params: [id], signal }) {
   const thumbs = new BlobUrls();
-  let job = await api(`/jobs/${id}`, { signal });
-  let metrics = await api(`/jobs/${id}/metrics`, { signal });
+  // The job and its metrics, together (the page opens with them and refreshes them on a status change or a poll).
+  const load = () => Promise.all([api(`/jobs/${id}`, { signal }), api(`/jobs/${id}/metrics`, { signal })]);
+  let [job, metrics] = await load();
   let datasetClasses = null; // only for metrics stored before they carried class_names (see classNames)
   if (metrics.val && !Array.isArray(metrics.val.class_names) && job.dataset_id) {
     datasetClasses = await api(`/datasets/${job.dataset_id}`, { signal }).then(
@@ -342,8 +343,7 @@ export async function render(main, { params: [id], signal }) {
   let refreshing = null;
   const finishedAtOpen = !ACTIVE.has(job.status);
   async function refreshAll() {
-    job = await api(`/jobs/${id}`, { signal });
-    metrics = await api(`/jobs/${id}/metrics`, { signal });
+    [job, metrics] = await load();
     for (const e of metrics.epochs) epochs.set(e.epoch, e);
     renderStatus();
     renderCurves();
