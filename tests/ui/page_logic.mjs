@@ -3,6 +3,9 @@
 //   routes:      hash segments decoded and checked before any fetch (bad percent-encoding, "../" smuggling)
 //   polling:     GET /jobs/{id}/events answers 503 (no live events): the job is polled until it finishes
 //   badHandler:  an onEvent that throws on one event: logged, the stream goes on, no reconnect
+//   resume:      the first connection is cut mid-stream (an event split across chunks, CRLF line ends, a comment, a
+//                two-line data field): the client reconnects with Last-Event-ID, gets every event once, in order, and
+//                stops after the terminal status
 import "./session_stub.mjs";
 import { followEvents } from "../../app/ui/static/api.js";
 import { classNames } from "../../app/ui/static/job.js";
@@ -97,6 +100,45 @@ out.routes = {
   });
   console.error = realError;
   out.badHandler = { sent, seen, states, logged };
+}
+
+// ---- resume
+{
+  const first = [
+    ": keep-alive\r\n\r\n",
+    'event: status\r\ndata: {"status": "queued"}\r\nid: 1-0\r\n\r\n',
+    'event: progress\ndata: {"step": 1,\ndata:  "steps": 4}\nid: 2-0\n\nevent: prog',
+    'ress\ndata: {"step": 2, "steps": 4}\nid: 3-0\n\nevent: progress\ndata: {"step": 3', // cut inside event 4
+  ];
+  const second = [
+    'event: progress\ndata: {"step": 3, "steps": 4}\nid: 4-0\n\n',
+    'event: status\ndata: {"status": "succeeded"}\nid: 5-0\n\n',
+  ];
+  const sent = [];
+  let calls = 0;
+  globalThis.fetch = async (url, init) => {
+    const headers = new Headers(init.headers);
+    sent.push({ url, lastEventId: headers.get("Last-Event-ID"), auth: headers.get("Authorization") });
+    const chunks = calls++ === 0 ? first : second;
+    let i = 0;
+    const body = new ReadableStream({
+      pull(controller) {
+        // one chunk per read; after the last, the first connection breaks and the second ends cleanly
+        if (i < chunks.length) controller.enqueue(new TextEncoder().encode(chunks[i++]));
+        else if (chunks === first) controller.error(new TypeError("network error: connection reset"));
+        else controller.close();
+      },
+    });
+    return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+  };
+  const received = [];
+  const states = [];
+  await followEvents("job-1", {
+    signal: new AbortController().signal,
+    onEvent: (e) => received.push(e),
+    onState: (s) => states.push(s),
+  });
+  out.resume = { received, sent, states };
 }
 
 console.log(JSON.stringify(out));

@@ -1,6 +1,7 @@
 """The dashboard's DOM-free logic run by Node (tests/ui/page_logic.mjs): the confusion matrix's class order for
-numeric class names, hash parameters checked before any fetch, polling when a server has no live events, and an
-event handler's error that neither kills nor restarts the event stream."""
+numeric class names, hash parameters checked before any fetch, polling when a server has no live events, an
+event handler's error that neither kills nor restarts the event stream, and a connection cut mid-event that is
+resumed with Last-Event-ID, every event arriving once, in order, until the terminal status."""
 
 from __future__ import annotations
 
@@ -57,3 +58,19 @@ def test_an_event_handler_error_is_logged_and_the_stream_goes_on(result):
     assert bad["sent"] == [None]  # one connection: no reconnect that would deliver event 2 again
     assert bad["states"] == ["live", "closed"]
     assert bad["logged"] == ["visiontune: the page failed on the progress event 2-0"]
+
+
+def test_a_cut_stream_resumes_with_last_event_id_and_loses_or_repeats_nothing(result):
+    resume = result["resume"]
+    assert [(e["id"], e["type"]) for e in resume["received"]] == [
+        ("1-0", "status"),
+        ("2-0", "progress"),
+        ("3-0", "progress"),
+        ("4-0", "progress"),
+        ("5-0", "status"),
+    ]
+    assert resume["received"][1]["data"] == {"step": 1, "steps": 4}  # two data lines joined by a newline
+    assert resume["received"][-1]["data"] == {"status": "succeeded"}
+    assert [s["lastEventId"] for s in resume["sent"]] == [None, "3-0"]  # one reconnect, from the last whole event
+    assert all(s["url"] == "/jobs/job-1/events" and s["auth"] == "Bearer vt_test" for s in resume["sent"])
+    assert resume["states"][0] == "live" and "reconnecting" in resume["states"] and resume["states"][-1] == "closed"
