@@ -3,6 +3,7 @@ terminal; one line per change elsewhere (logs, CI, pipes), so the output stays r
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -25,7 +26,8 @@ def format_eta(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _pct(value: Any) -> str:
+def pct(value: Any) -> str:
+    """`87.5%` from a fraction; `-` for a missing (or not numeric) value."""
     return f"{100 * value:.1f}%" if isinstance(value, int | float) else "-"
 
 
@@ -51,8 +53,8 @@ def epoch_text(data: dict[str, Any], epochs: int | None) -> str:
     of = f"/{epochs}" if epochs else ""
     return (
         f"epoch {data.get('epoch')}{of} done: train loss {_num(data.get('train_loss'))} "
-        f"acc {_pct(data.get('train_accuracy'))} · val loss {_num(data.get('val_loss'))} "
-        f"acc {_pct(data.get('val_accuracy'))} · {_num(data.get('seconds'), '.1f')} s"
+        f"acc {pct(data.get('train_accuracy'))} · val loss {_num(data.get('val_loss'))} "
+        f"acc {pct(data.get('val_accuracy'))} · {_num(data.get('seconds'), '.1f')} s"
     )
 
 
@@ -63,6 +65,18 @@ def status_text(data: dict[str, Any]) -> str:
     if data.get("error"):
         text += f" — {data['error']}"
     return text
+
+
+def event_text(event: JobEvent, epochs: int | None = None) -> str:
+    """One line for an event: a status change, an epoch's results (of `epochs`, when known), a training step; the
+    JSON data of any other type."""
+    if event.type == "status":
+        return status_text(event.data)
+    if event.type == "epoch":
+        return epoch_text(event.data, epochs)
+    if event.type == "progress":
+        return progress_line(event.data)
+    return json.dumps(event.data)
 
 
 class JobProgress:
@@ -106,17 +120,17 @@ class JobProgress:
         )
 
     def handle(self, event: JobEvent) -> None:
-        data = event.data
-        if event.type == "status":
-            self.print(status_text(data))
-        elif event.type == "epoch":
-            self.print(epoch_text(data, self.epochs))
-            if self._progress is not None and self._epochs_task is not None:
-                self._progress.update(self._epochs_task, completed=data.get("epoch", 0))
-        elif event.type == "progress":
-            self._on_progress(data)
+        """A status or an epoch: its line (event_text), and the epochs bar moves; a progress step: the steps bar,
+        or off a terminal its line now and then. Other event types are not shown."""
+        if event.type == "progress":
+            self._on_progress(event)
+        elif event.type in ("status", "epoch"):
+            self.print(event_text(event, self.epochs))
+            if event.type == "epoch" and self._progress is not None and self._epochs_task is not None:
+                self._progress.update(self._epochs_task, completed=event.data.get("epoch", 0))
 
-    def _on_progress(self, data: dict[str, Any]) -> None:
+    def _on_progress(self, event: JobEvent) -> None:
+        data = event.data
         epoch, epochs = data.get("epoch"), data.get("epochs")
         if isinstance(epochs, int):
             self.epochs = epochs
@@ -124,7 +138,7 @@ class JobProgress:
             now = self.clock()
             if epoch != self._epoch_shown or now - self._last_line >= PLAIN_PROGRESS_EVERY:
                 self._epoch_shown, self._last_line = epoch, now
-                self.print(progress_line(data))
+                self.print(event_text(event))
             return
         assert self._epochs_task is not None
         self._progress.update(self._epochs_task, total=epochs, info=f"ETA {format_eta(data.get('eta_seconds'))}")

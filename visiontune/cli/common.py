@@ -17,6 +17,7 @@ from rich.text import Text
 from visiontune.client import Client
 from visiontune.errors import APIError, BadResponse, ClientError, JobCanceled, JobFailed, ServerUnreachable, WaitTimeout
 from visiontune.jobs import Job
+from visiontune.progress import pct
 
 # Exit codes (documented in the README): 0 done / the job succeeded.
 EXIT_ERROR = 1  # the API refused, the server did not answer, bad input
@@ -113,10 +114,6 @@ ID = Column("id", no_wrap=True, min_width=36)  # ids are copied from tables whol
 
 def when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
-
-
-def pct(value: float | None) -> str:
-    return f"{100 * value:.1f}%" if value is not None else "-"
 
 
 def follow(job: Job, as_json: bool, timeout: float | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,10 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from app.schemas import JobDetail
-from visiontune.cli.common import ID, JsonOpt, client, console, emit, follow, pct, plain, print_json, say, when
+from visiontune.cli.common import ID, JsonOpt, client, console, emit, follow, plain, print_json, say, when
 from visiontune.errors import ClientError
 from visiontune.events import JobEvent
-from visiontune.progress import epoch_text, progress_line, status_text
+from visiontune.progress import event_text, pct
 
 app = typer.Typer(help="Submit, follow and manage fine-tuning jobs.", no_args_is_help=True)
 
@@ -180,15 +179,7 @@ def cancel(job_id: str, as_json: JsonOpt = False) -> None:
 
 
 def event_line(event: JobEvent) -> str:
-    if event.type == "epoch":
-        body = epoch_text(event.data, None)
-    elif event.type == "progress":
-        body = progress_line(event.data)
-    elif event.type == "status":
-        body = status_text(event.data)
-    else:
-        body = json.dumps(event.data)
-    return f"{event.id or '-':<17} {event.type:<8} {body}"
+    return f"{event.id or '-':<17} {event.type:<8} {event_text(event)}"
 
 
 @app.command()

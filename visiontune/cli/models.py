@@ -9,7 +9,8 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from app.schemas import ModelOut
-from visiontune.cli.common import JsonOpt, client, console, emit, pct, plain, print_json, say, when
+from visiontune.cli.common import JsonOpt, client, console, emit, plain, print_json, say, when
+from visiontune.progress import pct
 
 app = typer.Typer(help="The model registry: versions, what serves, pins, aliases, rollback.", no_args_is_help=True)
 
