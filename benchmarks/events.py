@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from app.events import Publisher  # noqa: E402
 from tests.conftest import REDIS_URL  # noqa: E402
 from tests.factories import color_images_zip, tiny_job  # noqa: E402
-from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http  # noqa: E402
+from tests.processes import api_server, bearer, local_api  # noqa: E402
 from tests.sse import sse_events  # noqa: E402
 
 
@@ -76,14 +76,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         local = local_api(tmp_path, f"bench-events-{uuid.uuid4().hex[:8]}", REDIS_URL)
-        port, log = free_port(), tmp_path / "api.log"
-        api = start(python("-m", "launcher.cli", "api", "--port", str(port)), local.env, log)
-        base = f"http://127.0.0.1:{port}"
-        store = redis.Redis.from_url(f"{REDIS_URL}/0")
-        publisher = Publisher(store, ttl_seconds=600, progress_interval=0.0)
         rows = []
-        try:
-            wait_http(f"{base}/health", api, log)
+        with redis.Redis.from_url(f"{REDIS_URL}/0") as store, api_server(tmp_path, local.env) as api:
+            publisher = Publisher(store, ttl_seconds=600, progress_interval=0.0)
+            base = api.url
             c = httpx.Client(base_url=base, headers=bearer(local.key), timeout=60)
             archive = color_images_zip(tmp_path / "rgb.zip", {"red": 4, "green": 4}, size=16)
             ds = c.post("/datasets", files={"file": ("rgb.zip", archive.read_bytes())}).json()
@@ -93,9 +89,6 @@ def main() -> None:
                 rows.append(measure(base, local.key, publisher, job["id"], queued, count, gap))
                 c.post(f"/jobs/{job['id']}/cancel")
             c.close()
-        finally:
-            store.close()
-            stop(api)
 
     print(f"{'run':<28}{'events':>8}{'lost':>6}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'mean ms':>9}")
     for row in rows:

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import REDIS_URL  # noqa: E402
-from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http  # noqa: E402
+from tests.processes import api_server, bearer, local_api  # noqa: E402
 from tests.prometheus import parse  # noqa: E402
 
 WORKLOAD = 600
@@ -49,11 +49,8 @@ def summary(ms: list[float]) -> dict[str, float]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         local = local_api(Path(tmp), f"bench-metrics-{uuid.uuid4().hex[:8]}", REDIS_URL)
-        port, log = free_port(), Path(tmp) / "api.log"
-        api = start(python("-m", "launcher.cli", "api", "--port", str(port), "--workers", "2"), local.env, log)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_http(f"{base}/health", api, log)
+        with api_server(Path(tmp), local.env, "--workers", "2") as api:
+            base = api.url
             with httpx.Client(base_url=base, headers=bearer(local.key), timeout=30) as client:
                 paths = ["/health", "/jobs", "/datasets", "/models", f"/jobs/{uuid.uuid4()}", "/no/such/path"]
                 for i in range(WORKLOAD):
@@ -62,8 +59,6 @@ def main() -> None:
                 scrape = timed(client, "/metrics", TIMED)
                 body = client.get("/metrics").text
             files = len(list((Path(tmp) / "data" / "metrics").glob("*/*.db")))
-        finally:
-            stop(api)
     samples = parse(body)
     result = {
         "server": "visiontune api --workers 2, SQLite, local Redis",

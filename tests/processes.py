@@ -70,6 +70,27 @@ def embedded_server(tmp: Path, env: dict[str, str]) -> Iterator[str]:
         stop(proc)
 
 
+@dataclass
+class ApiServer:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextmanager
+def api_server(tmp: Path, env: dict[str, str], *extra_args: str) -> Iterator[ApiServer]:
+    """A real `visiontune api` (extra_args added to its command line) with env, output to tmp/api.log; yields it
+    once /health answers and stops its process tree afterwards."""
+    port, log = free_port(), tmp / "api.log"
+    proc = start(python("-m", "launcher.cli", "api", "--port", str(port), *extra_args), env, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc, log)
+        yield ApiServer(url, proc, log)
+    finally:
+        stop(proc)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

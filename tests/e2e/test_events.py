@@ -17,7 +17,7 @@ from app.db import make_engine, make_sessionmaker
 from app.events import Publisher, stream_key
 from tests.conftest import REDIS_URL
 from tests.factories import color_images_zip, tiny_job
-from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http
+from tests.processes import api_server, bearer, local_api
 from tests.sse import SseEvent, sse_events
 from worker.runner import JobRunner
 
@@ -46,44 +46,41 @@ def wait_for_entries(client: redis.Redis, key: str, count: int, deadline_s: floa
 
 def test_reconnect_with_last_event_id_loses_and_repeats_nothing(tmp_path):
     local = local_api(tmp_path, f"events-{uuid.uuid4().hex[:8]}", REDIS_URL)
-    port, log = free_port(), tmp_path / "api.log"
-    api = start(python("-m", "launcher.cli", "api", "--port", str(port)), local.env, log)
-    store = redis.Redis.from_url(f"{REDIS_URL}/0")
-    events.set_publisher(Publisher(store, ttl_seconds=600, progress_interval=0.05))
-    engine = make_engine(local.settings.resolved_database_url())
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", api, log)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=bearer(local.key), timeout=30)
-        archive = color_images_zip(tmp_path / "rgb.zip", {"red": 16, "green": 16, "blue": 16}, size=16)
-        r = client.post("/datasets", files={"file": ("rgb.zip", archive.read_bytes())}, timeout=60)
-        assert r.status_code == 201, r.text
-        r = client.post("/jobs", json=tiny_job(r.json()["id"], epochs=3, batch_size=4, val_fraction=0.25))
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        key = stream_key(job_id)
+    with api_server(tmp_path, local.env) as api:
+        store = redis.Redis.from_url(f"{REDIS_URL}/0")
+        events.set_publisher(Publisher(store, ttl_seconds=600, progress_interval=0.05))
+        engine = make_engine(local.settings.resolved_database_url())
+        try:
+            client = httpx.Client(base_url=api.url, headers=bearer(local.key), timeout=30)
+            archive = color_images_zip(tmp_path / "rgb.zip", {"red": 16, "green": 16, "blue": 16}, size=16)
+            r = client.post("/datasets", files={"file": ("rgb.zip", archive.read_bytes())}, timeout=60)
+            assert r.status_code == 201, r.text
+            r = client.post("/jobs", json=tiny_job(r.json()["id"], epochs=3, batch_size=4, val_fraction=0.25))
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            key = stream_key(job_id)
 
-        runner = JobRunner(local.settings, make_sessionmaker(engine), worker_id="test-events")
-        outcome: list[str] = []
-        trainer = threading.Thread(target=lambda: outcome.append(runner.run(uuid.UUID(job_id))), daemon=True)
-        first = read_events(client, job_id, None, stop_after=1)  # the queued status, before training starts
-        trainer.start()
-        first += read_events(client, job_id, first[-1].id, stop_after=3)  # running and progress, live
-        # cut off: the worker goes on publishing while nobody listens
-        wait_for_entries(store, key, len(first) + 5)
-        second = read_events(client, job_id, first[-1].id, stop_after=None)  # until the stream closes
-        trainer.join(timeout=120)
-        assert outcome == ["succeeded"]
+            runner = JobRunner(local.settings, make_sessionmaker(engine), worker_id="test-events")
+            outcome: list[str] = []
+            trainer = threading.Thread(target=lambda: outcome.append(runner.run(uuid.UUID(job_id))), daemon=True)
+            first = read_events(client, job_id, None, stop_after=1)  # the queued status, before training starts
+            trainer.start()
+            first += read_events(client, job_id, first[-1].id, stop_after=3)  # running and progress, live
+            # cut off: the worker goes on publishing while nobody listens
+            wait_for_entries(store, key, len(first) + 5)
+            second = read_events(client, job_id, first[-1].id, stop_after=None)  # until the stream closes
+            trainer.join(timeout=120)
+            assert outcome == ["succeeded"]
 
-        published = [events.decode(i, f) for i, f in store.xrange(key)]
-        received = first + second
-        assert [e.id for e in received] == [e.id for e in published]
-        assert [(e.event, e.data) for e in received] == [(e.type, e.data) for e in published]
-        assert received[0].data["status"] == "queued" and received[-1].data["status"] == "succeeded"
-        assert [e.data["epoch"] for e in received if e.event == "epoch"] == [1, 2, 3]
-        assert sum(e.event == "progress" for e in received) >= 3
-        client.close()
-    finally:
-        events.set_publisher(None)
-        engine.dispose()
-        store.close()
-        stop(api)
+            published = [events.decode(i, f) for i, f in store.xrange(key)]
+            received = first + second
+            assert [e.id for e in received] == [e.id for e in published]
+            assert [(e.event, e.data) for e in received] == [(e.type, e.data) for e in published]
+            assert received[0].data["status"] == "queued" and received[-1].data["status"] == "succeeded"
+            assert [e.data["epoch"] for e in received if e.event == "epoch"] == [1, 2, 3]
+            assert sum(e.event == "progress" for e in received) >= 3
+            client.close()
+        finally:
+            events.set_publisher(None)
+            engine.dispose()
+            store.close()

@@ -13,7 +13,7 @@ import pytest
 
 from app.monitoring.multiproc import LOCK_SUFFIX, ensure_owned
 from tests.conftest import REDIS_URL
-from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http
+from tests.processes import api_server, bearer, local_api
 from tests.prometheus import parse, value
 
 pytestmark = pytest.mark.e2e
@@ -29,12 +29,9 @@ def test_two_api_workers_report_the_same_aggregated_counts(tmp_path):
     stale.mkdir(parents=True)
     (stale / "counter_1.db").write_bytes(b"")
     (owned / f"{stale.name}{LOCK_SUFFIX}").touch()
-    port, log = free_port(), tmp_path / "api.log"
     env = {**local.env, "VISIONTUNE_METRICS_DIR": str(root)}
-    api = start(python("-m", "launcher.cli", "api", "--port", str(port), "--workers", "2"), env, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/health", api, log)  # one /health answered 200
+    with api_server(tmp_path, env, "--workers", "2") as api:  # one /health answered 200
+        base = api.url
         r = httpx.post(f"{base}/keys", json={"name": "prom", "scopes": ["metrics"]}, headers=bearer(local.key))
         assert r.status_code == 201, r.text
         scraper = bearer(r.json()["key"])
@@ -61,5 +58,3 @@ def test_two_api_workers_report_the_same_aggregated_counts(tmp_path):
         assert (root / "datasets" / "keep.txt").read_text() == "precious"
         pids = {f.stem.rsplit("_", 1)[1] for f in mine.glob("histogram_*.db")}
         assert len(pids) == 2, pids  # both uvicorn workers write there
-    finally:
-        stop(api)

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from tests.conftest import REDIS_URL
 from tests.factories import color_images_zip, png_bytes, tiny_job
-from tests.processes import bearer, free_port, local_api, python, start, stop, wait_http
+from tests.processes import api_server, bearer, local_api
 from worker.runner import JobRunner
 
 pytestmark = pytest.mark.e2e
@@ -98,11 +98,8 @@ class Load:
 def test_promote_rollback_and_alias_move_under_load(tmp_path):
     local = local_api(tmp_path, f"switch-{uuid.uuid4().hex[:8]}", REDIS_URL)  # the jobs are trained here
     env, settings, key = local.env, local.settings, local.key
-    port, log = free_port(), tmp_path / "api.log"
-    api = start(python("-m", "launcher.cli", "api", "--port", str(port)), env, log)
-    base, auth, name = f"http://127.0.0.1:{port}", bearer(key), "switch"
-    try:
-        wait_http(f"{base}/health", api, log)
+    with api_server(tmp_path, env) as api:
+        base, auth, name = api.url, bearer(key), "switch"
         train_two_versions(base, auth, settings, tmp_path, name)
         c = httpx.Client(base_url=base, headers=auth, timeout=30)
         best = c.get(f"/models/{name}").json()["serving_version"]
@@ -138,6 +135,4 @@ def test_promote_rollback_and_alias_move_under_load(tmp_path):
             assert seen, label
             wrong = [(m, v) for m, v in seen if v != (aliased if m.endswith("@production") else plain)]
             assert not wrong, f"after {label}: {len(wrong)} of {len(seen)} answers from the wrong version {wrong[:5]}"
-        assert api.poll() is None, log.read_text()[-3000:]
-    finally:
-        stop(api)
+        assert api.proc.poll() is None, api.log.read_text()[-3000:]
