@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +126,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: fl
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} did not answer within {deadline_s}s:\n{log.read_text()[-4000:]}")
+
+
+def wait_for(condition: Callable[[], object], what: str = "a condition", deadline_s: float = 30) -> None:
+    """Poll condition() until it is true, or fail after deadline_s."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
 
 
 def bearer(key: str) -> dict[str, str]:

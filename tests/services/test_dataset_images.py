@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -15,15 +14,9 @@ from app.ml.image_index import DatasetImages, ImageGone, WeightedLRU
 from app.services import dataset_images
 from app.services.dataset_images import spread, thumbnail_side
 from tests.factories import CIFAR_DIR, cifar_arrays
+from tests.processes import wait_for
 
 DEADLINE_S = 10.0
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def test_the_caches_are_bounded_by_weight():
@@ -52,7 +45,7 @@ def test_a_missing_value_is_made_once_for_threads_asking_at_the_same_time():
     for t in threads:
         t.start()
     # all eight are in: one making the value, seven waiting on its lock
-    wait_for(lambda: len(made) == 1 and cache._making["k"].waiting == 8, "eight threads on one key")
+    wait_for(lambda: len(made) == 1 and cache._making["k"].waiting == 8, "eight threads on one key", DEADLINE_S)
     release.set()
     for t in threads:
         t.join(DEADLINE_S)
@@ -105,7 +98,7 @@ def test_decodes_are_bounded_per_process_and_the_rest_answered_503(monkeypatch):
     threads = [threading.Thread(target=request) for _ in range(5)]
     for t in threads:
         t.start()
-    wait_for(lambda: active[0] == 2 and len(refused) == 3, "two decoding, three refused")
+    wait_for(lambda: active[0] == 2 and len(refused) == 3, "two decoding, three refused", DEADLINE_S)
     release.set()
     for t in threads:
         t.join(DEADLINE_S)

@@ -21,6 +21,7 @@ from app.ml.predictor import LoadedModel
 from app.serving.batcher import Batcher, Part, plan_batch
 from app.serving.predictor import Predictor, TorchPredictor
 from tests.factories import tiny_job
+from tests.processes import wait_for
 from worker.runner import JobRunner
 
 TOL = 1e-5
@@ -67,13 +68,6 @@ class Counting:
 def images(n: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (30 + i % 7, 40, 3), dtype=np.uint8)) for i in range(n)]
-
-
-def wait_for(condition, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def submit_concurrently(batcher: Batcher, predictor: Predictor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -191,7 +185,7 @@ def test_overload_is_refused_at_once_with_retry_after(tiny):
         assert "queue is full" in refused.value.message
         gate.set()
         assert running.result(timeout=60).shape == (1, 2) and queued.result(timeout=60).shape == (4, 2)
-        wait_for(lambda: batcher.queued_images == 0)
+        wait_for(lambda: batcher.queued_images == 0, "an empty queue")
         gate.clear()
         held.entered.clear()
         running = batcher.submit("m", held, x)
