@@ -52,9 +52,11 @@ def serve_metrics(directory: Path | None, host: str, port: int) -> None:
         log.warning("metrics: no metrics directory, so no worker metrics on port %s", port)
         return
     from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from app.monitoring.scrape import ProcessFiles
 
     registry = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(registry, path=str(directory))
+    # The files of this launcher's directory, merged as /metrics merges them: an unreadable file is skipped.
+    registry.register(ProcessFiles(None, own=directory))
     start_http_server(port, addr=host, registry=registry)
     log.info("worker metrics on http://%s:%s/metrics", host, port)

@@ -13,6 +13,7 @@ from fastapi.sse import EventSourceResponse
 from app.api.deps import ReadCaller, SessionDep, SettingsDep, TrainCaller
 from app.api.docs import errors
 from app.db import after_commit
+from app.events import EVENT_ID
 from app.models import Job
 from app.schemas import (
     MAX_OFFSET,
@@ -147,7 +148,7 @@ async def job_events_stream(
     request: Request,
     last_event_id: Annotated[
         str | None,
-        Header(pattern=r"^\d{1,20}-\d{1,20}$", description="Resume after this event id (what the last event had)"),
+        Header(pattern=f"^{EVENT_ID.pattern}$", description="Resume after this event id (what the last event had)"),
     ] = None,
 ) -> EventSourceResponse:
     """The job's events from the start (or after Last-Event-ID), then live ones until it finishes."""

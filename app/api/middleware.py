@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.request_metrics import RequestMetrics
+from app.api.request_metrics import RequestMetrics, route_path
 from app.config import Settings
 
 # Both stream their multipart bodies and enforce their own, larger limits while reading (app/api/uploads.py).
@@ -45,12 +45,6 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(RequestMetrics, templates=lambda: list(app.openapi()["paths"]))
 
 
-def _route_path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
@@ -66,7 +60,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = _route_path(scope)
+        path = route_path(scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -132,7 +126,7 @@ class BodySizeLimit:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], _route_path(scope)) in self.exempt:
+        if scope["type"] != "http" or (scope["method"], route_path(scope)) in self.exempt:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")

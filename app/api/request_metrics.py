@@ -47,9 +47,14 @@ def route_template(scope: Scope, templates: RouteTemplates) -> str:
     path = getattr(scope.get("route"), "path", None)
     if isinstance(path, str):
         return path
-    route_path: str = scope["path"]
+    return templates.match(route_path(scope))
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below the app's root_path (what the routes match)."""
+    path: str = scope["path"]
     root: str = scope.get("root_path", "")
-    return templates.match(route_path[len(root) :] if root and route_path.startswith(root) else route_path)
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 class RequestMetrics:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from app.api.middleware import HTML_CSP
 from app.errors import NotFound
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -27,8 +28,7 @@ INSTALL_HINT = "make install (or: npm ci --prefix app/ui)"
 # The app-wide HTML policy (app/api/middleware.py) plus blob: images: thumbnails are fetched with the bearer
 # header and shown as blob: URLs. Still no inline script or style, no other origin.
 UI_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
-    "form-action 'none'; frame-ancestors 'none'; object-src 'none'; base-uri 'none'"
+    HTML_CSP.replace("img-src 'self' data:", "img-src 'self' data: blob:") + "; connect-src 'self'; form-action 'none'"
 )
 
 router = APIRouter(include_in_schema=False)

@@ -186,10 +186,6 @@ class DatasetImages:
                 return split, ref - start
         return None
 
-    def label(self, ref: int) -> int | None:
-        found = self.locate(ref)
-        return None if found is None else int(self._labels[found[0]][found[1]])
-
     def _inside(self, relative: str, what: str) -> Path:
         """The file the manifest names, resolved; ImageGone when it is missing or no longer a file inside
         `within` (a link swapped in since the dataset was indexed)."""

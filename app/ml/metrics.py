@@ -119,3 +119,10 @@ def summarize_confusion(
         "confusion_matrix": confusion.tolist(),
     }
     return result
+
+
+def class_order(summary: dict[str, Any]) -> list[str]:
+    """The class names of a summary, in class-index order: its `class_names`, else (summaries stored before that
+    field) the keys of `per_class`, which were written in that order."""
+    names = summary.get("class_names")
+    return list(names) if names else list(summary.get("per_class") or ())

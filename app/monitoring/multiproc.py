@@ -208,10 +208,10 @@ def mark_dead(pid: int | str, path: Path | None = None) -> None:
         log.warning("metrics: cannot mark process %s dead in %s (%s)", pid, directory, exc)
 
 
-def metric_files(root: Path | None) -> list[str]:
+def metric_files(root: Path | None, own: Path | None = None) -> list[str]:
     """Every metrics file /metrics adds up: those of each launcher's subdirectory of root's OWNED_DIR, and of this
-    process's own directory when it lies elsewhere (PROMETHEUS_MULTIPROC_DIR set by hand). A folder that cannot
-    be listed is left out (and logged)."""
+    process's own directory (`own`, default PROMETHEUS_MULTIPROC_DIR) when it lies elsewhere (set by hand). A
+    folder that cannot be listed is left out (and logged)."""
     dirs: dict[str, None] = {}
     if root is not None:
         owned = owned_dir(root)
@@ -224,7 +224,7 @@ def metric_files(root: Path | None) -> list[str]:
             sub = _launcher_dir(owned, entry.name)
             if sub is not None and sub.is_dir():
                 dirs[os.path.realpath(sub)] = None
-    own = multiprocess_dir()
+    own = own or multiprocess_dir()
     if own is not None:
         dirs.setdefault(os.path.realpath(own), None)
     return [f for d in dirs for f in sorted(glob.glob(os.path.join(d, "*.db")))]

@@ -36,13 +36,14 @@ def readable(files: list[str]) -> list[str]:
 class ProcessFiles(Collector):
     """The metrics every process wrote under root (multiprocess mode), added up as prometheus_client does. A file
     that cannot be read is left out of the sum rather than failing the scrape, and counted in
-    visiontune_metrics_unreadable_files."""
+    visiontune_metrics_unreadable_files. `own` is this process's directory (default: PROMETHEUS_MULTIPROC_DIR)."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, own: Path | None = None) -> None:
         self.root = root
+        self.own = own
 
     def collect(self) -> Iterator[Metric]:
-        files = metric_files(self.root)
+        files = metric_files(self.root, self.own)
         try:
             merged = list(MultiProcessCollector.merge(files, accumulate=True))
             skipped = 0

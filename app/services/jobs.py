@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db import after_commit
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.ml.architectures import ARCHITECTURES, ArchitectureError
+from app.ml.metrics import class_order
 from app.ml.strategies import STRATEGIES, StrategyError
 from app.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, JobStatus, ModelVersion
 from app.schemas import JobCreate
@@ -234,8 +235,7 @@ def confusion_png(session: Session, project: str, job_id: uuid.UUID, split: str)
     if not metrics:
         reason = "the dataset has no test split" if job.status == JobStatus.succeeded else f"the job is {job.status}"
         raise Conflict(f"no {split} confusion matrix for job {job_id}: {reason}")
-    classes = list(metrics["per_class"])
-    return render(metrics["confusion_matrix"], classes, f"{job.model_name} ({job.arch}), {split}")
+    return render(metrics["confusion_matrix"], class_order(metrics), f"{job.model_name} ({job.arch}), {split}")
 
 
 def curves_png(session: Session, project: str, job_id: uuid.UUID) -> bytes:

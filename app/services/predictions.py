@@ -6,10 +6,11 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, PredictionsUnavailable
+from app.ml.metrics import class_order
 from app.models import Job, JobStatus, ValPrediction
 from app.schemas import ClassRef, ConfusionCell, ConfusionImage
 from app.services.jobs import get_job
@@ -41,9 +42,7 @@ def forget_dataset(session: Session, dataset_id: uuid.UUID) -> None:
 
 def _class_names(job: Job) -> list[str] | None:
     metrics: dict[str, Any] | None = job.val_metrics
-    if not metrics or not metrics.get("per_class"):
-        return None
-    return list(metrics["per_class"])
+    return (class_order(metrics) or None) if metrics else None
 
 
 def _unavailable(job: Job) -> PredictionsUnavailable:
@@ -70,14 +69,15 @@ def confusion_cell(
             if not 0 <= index < len(names):
                 raise InvalidInput(f"{label}={index} is not a class index of this job: 0..{len(names) - 1}")
     stored = session.scalar(select(ValPrediction.ref).where(ValPrediction.job_id == job.id).limit(1))
-    if names is None or stored is None:
+    if names is None or stored is None or job.val_metrics is None:
         raise _unavailable(job)
     cell = (
         ValPrediction.job_id == job.id,
         ValPrediction.true_class == true,
         ValPrediction.predicted_class == predicted,
     )
-    total = session.scalar(select(func.count()).select_from(ValPrediction).where(*cell)) or 0
+    # The stored predictions and the stored confusion matrix come from the same validation pass.
+    total = int(job.val_metrics["confusion_matrix"][true][predicted])
     rows = session.execute(
         select(ValPrediction.ref, ValPrediction.confidence)
         .where(*cell)
