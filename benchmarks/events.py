@@ -30,7 +30,7 @@ from app.events import Publisher  # noqa: E402
 from tests.conftest import REDIS_URL  # noqa: E402
 from tests.factories import color_images_zip, tiny_job  # noqa: E402
 from tests.processes import api_server, bearer, local_api  # noqa: E402
-from tests.sse import sse_events  # noqa: E402
+from visiontune.events import parse_sse  # noqa: E402
 
 
 def measure(base: str, key: str, publisher: Publisher, job_id: str, after: str, count: int, gap_s: float) -> dict:
@@ -44,8 +44,8 @@ def measure(base: str, key: str, publisher: Publisher, job_id: str, after: str, 
             with c.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": after}) as r:
                 assert r.status_code == 200, r.read()
                 ready.set()
-                for event in sse_events(r.iter_lines()):
-                    if event.event == "progress":
+                for event in parse_sse(r.iter_lines()):
+                    if event.type == "progress":
                         received[event.data["seq"]] = time.perf_counter()
 
     reader = threading.Thread(target=client, daemon=True)

@@ -13,7 +13,7 @@ from app.events import stream_key
 from app.main import create_app
 from tests.conftest import REDIS_URL
 from tests.factories import tiny_job
-from tests.sse import SseEvent, sse_events
+from visiontune.events import JobEvent, parse_sse
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -27,18 +27,18 @@ def canceled_job(client: TestClient, dataset_id: str) -> str:
     return job_id
 
 
-def read_all(client: TestClient, job_id: str, **headers: str) -> list[SseEvent]:
+def read_all(client: TestClient, job_id: str, **headers: str) -> list[JobEvent]:
     with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
-        return list(sse_events(r.iter_lines()))
+        return list(parse_sse(r.iter_lines()))
 
 
 def test_a_finished_job_replays_its_history_and_closes(client, dataset_id):
     job_id = canceled_job(client, dataset_id)
     stored = redis.Redis.from_url(f"{REDIS_URL}/0").xrange(stream_key(job_id))
     got = read_all(client, job_id)
-    assert [(e.event, e.data["status"]) for e in got] == [("status", "queued"), ("status", "canceled")]
+    assert [(e.type, e.data["status"]) for e in got] == [("status", "queued"), ("status", "canceled")]
     assert [e.id for e in got] == [i.decode() for i, _ in stored]
 
     resumed = read_all(client, job_id, **{"Last-Event-ID": got[0].id})
@@ -49,7 +49,7 @@ def test_a_finished_job_without_events_gets_its_status_from_sql(client, dataset_
     job_id = canceled_job(client, dataset_id)
     redis.Redis.from_url(f"{REDIS_URL}/0").delete(stream_key(job_id))
     got = read_all(client, job_id)
-    assert [(e.id, e.event, e.data["status"]) for e in got] == [(None, "status", "canceled")]
+    assert [(e.id, e.type, e.data["status"]) for e in got] == [(None, "status", "canceled")]
     assert got[0].data["error"] == "canceled by request"
 
 

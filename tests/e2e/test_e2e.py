@@ -15,7 +15,7 @@ from tests.conftest import REDIS_URL
 from tests.factories import cifar_imagefolder_zip
 from tests.processes import bearer, free_port, python, start, stop, wait_http, wait_job
 from tests.prometheus import Samples, parse, series, value
-from tests.sse import sse_events
+from visiontune.events import parse_sse
 
 pytestmark = pytest.mark.e2e
 
@@ -57,10 +57,10 @@ def check_service(base: str, tmp_path, logs, key: str) -> None:
     # its history and closes.
     with httpx.stream("GET", f"{base}/jobs/{job_id}/events", headers=auth, timeout=30) as r:
         assert r.status_code == 200, r.read()
-        replay = list(sse_events(r.iter_lines()))
-    assert [e.data["status"] for e in replay if e.event == "status"] == ["queued", "running", "succeeded"]
-    assert [e.data["epoch"] for e in replay if e.event == "epoch"] == [1, 2, 3]
-    assert all(e.id for e in replay) and any(e.event == "progress" for e in replay)
+        replay = list(parse_sse(r.iter_lines()))
+    assert [e.data["status"] for e in replay if e.type == "status"] == ["queued", "running", "succeeded"]
+    assert [e.data["epoch"] for e in replay if e.type == "epoch"] == [1, 2, 3]
+    assert all(e.id for e in replay) and any(e.type == "progress" for e in replay)
 
     heldout = data["heldout"]
     files = [("files", (f"{i}.png", img, "image/png")) for i, (img, _) in enumerate(heldout)]

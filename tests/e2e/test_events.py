@@ -18,19 +18,19 @@ from app.events import Publisher, stream_key
 from tests.conftest import REDIS_URL
 from tests.factories import color_images_zip, tiny_job
 from tests.processes import api_server, bearer, local_api
-from tests.sse import SseEvent, sse_events
+from visiontune.events import JobEvent, parse_sse
 from worker.runner import JobRunner
 
 pytestmark = pytest.mark.e2e
 
 
-def read_events(client: httpx.Client, job_id: str, last_event_id: str | None, stop_after: int | None) -> list[SseEvent]:
+def read_events(client: httpx.Client, job_id: str, last_event_id: str | None, stop_after: int | None) -> list[JobEvent]:
     """Events of one connection: stop_after of them (then the connection is dropped), or all until it closes."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    got: list[SseEvent] = []
+    got: list[JobEvent] = []
     with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as r:
         assert r.status_code == 200, r.read()
-        for event in sse_events(r.iter_lines()):
+        for event in parse_sse(r.iter_lines()):
             got.append(event)
             if stop_after is not None and len(got) == stop_after:
                 break  # leaving the block closes the connection mid-stream
@@ -75,10 +75,10 @@ def test_reconnect_with_last_event_id_loses_and_repeats_nothing(tmp_path):
             published = [events.decode(i, f) for i, f in store.xrange(key)]
             received = first + second
             assert [e.id for e in received] == [e.id for e in published]
-            assert [(e.event, e.data) for e in received] == [(e.type, e.data) for e in published]
+            assert [(e.type, e.data) for e in received] == [(e.type, e.data) for e in published]
             assert received[0].data["status"] == "queued" and received[-1].data["status"] == "succeeded"
-            assert [e.data["epoch"] for e in received if e.event == "epoch"] == [1, 2, 3]
-            assert sum(e.event == "progress" for e in received) >= 3
+            assert [e.data["epoch"] for e in received if e.type == "epoch"] == [1, 2, 3]
+            assert sum(e.type == "progress" for e in received) >= 3
             client.close()
         finally:
             events.set_publisher(None)
