@@ -8,8 +8,11 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +81,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="package")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return color_folder(tmp_path_factory.mktemp("data") / "colors")
+
+
+@contextmanager
+def fake_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in for the API on a real socket: handler answers each request (one thread per connection); yields
+    its URL and shuts it down afterwards."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def cli_env(config_dir: Path, **extra: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from app.schemas import DatasetOut, ImagePrediction, LabelScore, ModelOut, Page, PredictResponse
-from tests.client.conftest import REPO, cli_env, run_cli
+from tests.client.conftest import REPO, cli_env, fake_server, run_cli
 from tests.client.test_events import job_detail
 from visiontune.cli import datasets as datasets_cli
 from visiontune.cli import main
@@ -101,13 +101,8 @@ RUNNING = b'event: status\ndata: {"status": "running", "error": null, "attempt":
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeAPI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_server(FakeAPI) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from tests.client.conftest import fake_server
 from visiontune import Client, WaitTimeout
 from visiontune.events import JobEvent, stream_events
 from visiontune.transport import Transport
@@ -54,14 +55,8 @@ class Feed(BaseHTTPRequestHandler):
 @pytest.fixture
 def feed() -> Iterator[str]:
     Feed.asked = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Feed)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_server(Feed) as url:
+        yield url
 
 
 def test_a_broken_stream_resumes_after_the_last_whole_event(feed: str) -> None:
@@ -130,14 +125,8 @@ def job_detail(status: str) -> dict[str, object]:
 def test_wait_polls_the_job_when_the_server_keeps_no_live_events(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("visiontune.jobs.POLL_SECONDS", 0.01)
     NoEvents.polls = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NoEvents)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with Client(f"http://127.0.0.1:{server.server_address[1]}", "vt_x") as client:
-            done = client.jobs.wait("6b0f2b4e-8a70-4c1e-9b3a-3f4f3c1d2e10", timeout=30)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_server(NoEvents) as url, Client(url, "vt_x") as client:
+        done = client.jobs.wait("6b0f2b4e-8a70-4c1e-9b3a-3f4f3c1d2e10", timeout=30)
     assert done.status == "succeeded" and NoEvents.polls == 5  # the handle, 2 polls running, 1 done, the refresh
 
 
@@ -177,18 +166,13 @@ class KeepAlivesOnly(BaseHTTPRequestHandler):
 
 def test_wait_times_out_while_only_keep_alives_come() -> None:
     KeepAlivesOnly.ended = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlivesOnly)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with Client(f"http://127.0.0.1:{server.server_address[1]}", "vt_x") as client:
+    with fake_server(KeepAlivesOnly) as url:
+        with Client(url, "vt_x") as client:
             job = client.jobs.job("6b0f2b4e-8a70-4c1e-9b3a-3f4f3c1d2e10")
             with pytest.raises(WaitTimeout, match="did not finish within 1 s"):
                 job.wait(timeout=1)
         deadline = time.monotonic() + 30
         while not KeepAlivesOnly.ended and time.monotonic() < deadline:
             time.sleep(0.05)
-    finally:
-        server.shutdown()
-        server.server_close()
     # The wait gave up on its own, while comments still came, instead of when the stream ended.
     assert KeepAlivesOnly.ended == ["the client hung up"]
