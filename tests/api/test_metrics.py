@@ -24,6 +24,7 @@ from app.queue import make_celery, redis_queue_keys, send_train_task
 from tests.api.test_auth import bearer, make_key
 from tests.conftest import REDIS_URL
 from tests.factories import tiny_job
+from tests.processes import free_port
 from tests.prometheus import Samples, parse, series, total, value
 
 
@@ -136,13 +137,12 @@ def test_queue_depth_is_read_from_the_broker(client, settings):
 
 
 def test_a_broker_that_is_down_does_not_fail_the_scrape(settings, tmp_path):
-    with socket_closed_port() as port:
-        settings.broker_url = f"redis://127.0.0.1:{port}/0"
-        settings.events_url = f"{REDIS_URL}/0"
-        settings.rate_limit_storage_url = "memory://"
-        app = create_app(settings, enqueue=lambda _id: None, enqueue_export=lambda _id: None)
-        with TestClient(app, headers={"Authorization": f"Bearer {settings.admin_key}"}) as c:
-            samples = scrape(c)
+    settings.broker_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings.events_url = f"{REDIS_URL}/0"
+    settings.rate_limit_storage_url = "memory://"
+    app = create_app(settings, enqueue=lambda _id: None, enqueue_export=lambda _id: None)
+    with TestClient(app, headers={"Authorization": f"Bearer {settings.admin_key}"}) as c:
+        samples = scrape(c)
     assert value(samples, "visiontune_broker_up") == 0
     assert series(samples, "visiontune_queue_messages") == []
     assert value(samples, "visiontune_database_up") == 1
@@ -209,17 +209,3 @@ def test_a_request_its_client_abandoned_counts_as_499_not_500():
     assert moved("POST", "/t/upload", "499") == 1 and moved("POST", "/t/upload", "500") == 0
     assert moved("GET", "/t/slow", "499") == 1 and moved("GET", "/t/slow", "500") == 0
     assert moved("GET", "/t/broken", "500") == 1
-
-
-class socket_closed_port:
-    """A local port nothing listens on (bound, then released)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
