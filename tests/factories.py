@@ -62,16 +62,20 @@ def cifar_imagefolder_zip(
     return {"heldout": heldout}
 
 
+def color_pixels(rng: np.random.Generator, channel: int, size: int) -> np.ndarray:
+    """A size x size RGB image of one colour (that channel at 200) plus noise below 40 from rng."""
+    pixels = np.zeros((size, size, 3), dtype=np.uint8)
+    pixels[..., channel] = 200
+    return pixels + rng.integers(0, 40, size=pixels.shape, dtype=np.uint8)
+
+
 def color_images_zip(path: Path, layout: dict[str, int], size: int = 24, extra: dict[str, bytes] | None = None) -> Path:
     """A zip of generated images: layout maps `folder/path` to an image count; extra adds raw files."""
     rng = np.random.default_rng(0)
     with zipfile.ZipFile(path, "w") as zf:
         for j, (folder, count) in enumerate(layout.items()):
             for i in range(count):
-                base = np.zeros((size, size, 3), dtype=np.uint8)
-                base[..., j % 3] = 200
-                noise = rng.integers(0, 40, size=base.shape, dtype=np.uint8)
-                zf.writestr(f"{folder}/{i:03d}.png", png_bytes(base + noise))
+                zf.writestr(f"{folder}/{i:03d}.png", png_bytes(color_pixels(rng, j % 3, size)))
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
     return path

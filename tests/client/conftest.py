@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.auth import new_key
+from tests.factories import color_pixels
 from tests.processes import REPO, embedded_server
 
 COLORS = {"red": 0, "green": 1, "blue": 2}
@@ -55,17 +56,14 @@ def color_folder(root: Path, per_class: int = 8, size: int = 16) -> Path:
     for name, channel in COLORS.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            pixels = np.zeros((size, size, 3), dtype=np.uint8)
-            pixels[..., channel] = 200
-            pixels += rng.integers(0, 40, size=pixels.shape, dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+            Image.fromarray(color_pixels(rng, channel, size)).save(root / name / f"{i:02d}.png")
     return root
 
 
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
-    key = "vt_" + secrets.token_urlsafe(32)
+    key = new_key()
     (tmp / "weights").mkdir()
     (tmp / "weights" / BROKEN_WEIGHTS).write_bytes(b"not a safetensors file")
     env = {
