@@ -18,7 +18,7 @@ import pytest
 
 from app.auth import new_key
 from tests.factories import cifar_imagefolder_zip
-from tests.processes import REPO, embedded_server
+from tests.processes import REPO, bearer, embedded_server
 
 pytestmark = pytest.mark.e2e
 
@@ -288,7 +288,7 @@ def test_dashboard_end_to_end(service: tuple[str, str], browser: Browser, tmp_pa
     wait_for("the export to be verified", lambda: verified(b), deadline_s=120, interval=0.5)
     report = b.css(".export table").text
     assert "val" in report and "yes" in report, report
-    exports = httpx.get(f"{base}/models/pets/versions/1/exports", headers=auth(key)).json()
+    exports = httpx.get(f"{base}/models/pets/versions/1/exports", headers=bearer(key)).json()
     assert f"sha256 {exports[0]['sha256']}" in b.css(".export").text  # the file's hash, as GET .../exports gives it
     b.screenshot("models")
     b.check_console("the models page")
@@ -332,7 +332,7 @@ def test_dashboard_end_to_end(service: tuple[str, str], browser: Browser, tmp_pa
 
     # A predict-only key signs in (the probe's 403 means a valid key without the read scope) and lands on Predict,
     # where a text field takes the model name it may not list; the pages it cannot read say which scope it lacks.
-    made = httpx.post(f"{base}/keys", json={"name": "kiosk", "scopes": ["predict"]}, headers=auth(key))
+    made = httpx.post(f"{base}/keys", json={"name": "kiosk", "scopes": ["predict"]}, headers=bearer(key))
     assert made.status_code == 201, made.text
     b.driver.set_window_size(*DESKTOP)
     b.field("API key").send_keys(made.json()["key"])
@@ -348,10 +348,6 @@ def test_dashboard_end_to_end(service: tuple[str, str], browser: Browser, tmp_pa
     denied = b.visible("main .error.forbidden").text
     assert "lacks the 'read' scope" in denied and "Sign out" in denied, denied
     b.check_console("a predict-only key", forbidden=("/datasets?limit=1", "/models", "/jobs?limit=30"))
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def expected_403(entry: dict[str, Any], paths: tuple[str, ...]) -> bool:
