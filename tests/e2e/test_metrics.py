@@ -57,4 +57,6 @@ def test_two_api_workers_report_the_same_aggregated_counts(tmp_path):
         assert not stale.exists() and mine.name.startswith(f"api-{socket.gethostname()}-")
         assert (root / "datasets" / "keep.txt").read_text() == "precious"
         pids = {f.stem.rsplit("_", 1)[1] for f in mine.glob("histogram_*.db")}
-        assert len(pids) == 2, pids  # both uvicorn workers write there
+        # both uvicorn workers write there (more pids when uvicorn replaced a worker it found unresponsive on a
+        # loaded machine: the counts above add up all of them either way)
+        assert len(pids) >= 2, pids
